@@ -1,0 +1,311 @@
+"""The typed configuration, loaded from one TOML file (default `harness.toml`).
+
+Every value has a default; the command line may override the most common ones
+(competition, data_dir, workspace, weights_dir, backbones). Unknown keys are errors
+with a suggestion, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from competition.errors import HarnessError
+from competition.spec import CATALOG, CompetitionSpec, get_spec
+from competition.workspace import Workspace
+
+DEFAULT_CONFIG = Path("harness.toml")
+DEFAULT_BACKBONES = ("resnet50", "inception_v3", "xception")
+TTA_MODES = ("none", "flip", "crops")
+PRECISIONS = ("float32", "mixed")
+HEADS = ("logreg", "dropout")
+BLEND_METHODS = ("mean", "weights", "stack")
+TEST_PREDICTIONS = ("refit", "fold-mean")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """How features are extracted.
+
+    `weights` applies to every backbone: "auto" (the demo uses "none", real competitions
+    "imagenet"), "imagenet", "none", or a file path; `weights_for` overrides it per
+    backbone; `weights_dir` is searched for each backbone's file (see features.weights).
+    `batch_size` and `threads` 0 mean "chosen for this machine".
+    """
+
+    backbones: tuple[str, ...] = DEFAULT_BACKBONES
+    weights: str = "auto"
+    weights_for: dict[str, str] = field(default_factory=dict)
+    weights_dir: Path | None = None
+    batch_size: int = 0
+    threads: int = 0
+    tta: str = "none"
+    precision: str = "float32"
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """One named ensemble: backbones to concatenate, a head and its parameters."""
+
+    name: str
+    backbones: tuple[str, ...]
+    head: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tta: str = "none"
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """A blend of named ensembles' predictions."""
+
+    name: str
+    members: tuple[str, ...]
+    method: str = "mean"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """The one set of stratified folds every ensemble is scored on."""
+
+    folds: int = 5
+    seed: int = 0
+    test_predictions: str = "refit"
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """`clip`: "auto" (bounds chosen on out-of-fold predictions), "none", or [low, high]."""
+
+    clip: str | tuple[float, float] = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run's settings, with paths resolved."""
+
+    spec: CompetitionSpec
+    workspace: Workspace
+    data_dir: Path
+    features: FeaturesConfig
+    ensembles: dict[str, EnsembleConfig]
+    blends: dict[str, BlendConfig]
+    cv: CVConfig
+    submission: SubmissionConfig
+    source: Path | None = None
+
+    def feature_sets(self) -> list[tuple[str, str]]:
+        """Every (backbone, tta) pair that extraction must produce, in a stable order."""
+        pairs = [(b, self.features.tta) for b in self.features.backbones]
+        for ensemble in self.ensembles.values():
+            pairs += [(b, ensemble.tta) for b in ensemble.backbones]
+        return list(dict.fromkeys(pairs))
+
+
+def _where(source: Path | None) -> str:
+    return str(source) if source else "configuration"
+
+
+def _check_keys(table: dict, allowed: set[str], section: str, source: Path | None) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(allowed))}"
+            raise HarnessError(f"{_where(source)}: unknown key {key!r} in {section}{hint}")
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str, source: Path | None) -> str:
+    if value not in allowed:
+        raise HarnessError(
+            f"{_where(source)}: {what} = {value!r} is not one of {', '.join(allowed)}"
+        )
+    return value
+
+
+def _string_list(value: Any, what: str, source: Path | None) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise HarnessError(f"{_where(source)}: {what} must be a non-empty list of names")
+    return tuple(dict.fromkeys(value))
+
+
+def _path(value: str | None, base: Path) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _spec_from(value: Any, source: Path | None) -> CompetitionSpec:
+    if isinstance(value, str):
+        return get_spec(value)
+    if not isinstance(value, dict) or "name" not in value:
+        raise HarnessError(
+            f"{_where(source)}: competition must be a name ({', '.join(sorted(CATALOG))}) "
+            "or a [competition] table with a name"
+        )
+    table = dict(value)
+    name = table.pop("name")
+    base = table.pop("base", name if name in CATALOG else "generic-folders")
+    fields = {f.name for f in dataclasses.fields(CompetitionSpec)} - {"slug"}
+    _check_keys(table, fields, "[competition]", source)
+    if "classes" in table:
+        table["classes"] = tuple(table["classes"])
+    return dataclasses.replace(get_spec(base), slug=name, **table)
+
+
+def _features_from(table: dict, base: Path, source: Path | None) -> FeaturesConfig:
+    allowed = {f.name for f in dataclasses.fields(FeaturesConfig)}
+    _check_keys(table, allowed, "[features]", source)
+    weights = table.get("weights", "auto")
+    weights_for: dict[str, str] = {}
+    if isinstance(weights, dict):
+        weights_for, weights = {k: str(v) for k, v in weights.items()}, "auto"
+    weights_for.update({k: str(v) for k, v in table.get("weights_for", {}).items()})
+    return FeaturesConfig(
+        backbones=_string_list(table.get("backbones", list(DEFAULT_BACKBONES)),
+                               "[features] backbones", source),
+        weights=str(weights),
+        weights_for=weights_for,
+        weights_dir=_path(table.get("weights_dir"), base),
+        batch_size=int(table.get("batch_size", 0)),
+        threads=int(table.get("threads", 0)),
+        tta=_choice(table.get("tta", "none"), TTA_MODES, "[features] tta", source),
+        precision=_choice(table.get("precision", "float32"), PRECISIONS,
+                          "[features] precision", source),
+    )
+
+
+def _ensembles_from(tables: dict, default_tta: str, source: Path | None) -> dict:
+    ensembles = {}
+    for name, table in tables.items():
+        section = f"[ensembles.{name}]"
+        if not isinstance(table, dict):
+            raise HarnessError(f"{_where(source)}: {section} must be a table")
+        table = dict(table)
+        for required in ("backbones", "head"):
+            if required not in table:
+                raise HarnessError(f"{_where(source)}: {section} needs {required} = ...")
+        ensembles[name] = EnsembleConfig(
+            name=name,
+            backbones=_string_list(table.pop("backbones"), f"{section} backbones", source),
+            head=_choice(table.pop("head"), HEADS, f"{section} head", source),
+            tta=_choice(table.pop("tta", default_tta), TTA_MODES, f"{section} tta", source),
+            params=table,
+        )
+    return ensembles
+
+
+def _blends_from(tables: dict, source: Path | None) -> dict:
+    blends = {}
+    for name, table in tables.items():
+        section = f"[blends.{name}]"
+        table = dict(table)
+        if "members" not in table:
+            raise HarnessError(f"{_where(source)}: {section} needs members = [...]")
+        blends[name] = BlendConfig(
+            name=name,
+            members=_string_list(table.pop("members"), f"{section} members", source),
+            method=_choice(table.pop("method", "mean"), BLEND_METHODS, f"{section} method",
+                           source),
+            params=table,
+        )
+    return blends
+
+
+def _clip_from(value: Any, source: Path | None) -> str | tuple[float, float]:
+    if value in ("auto", "none"):
+        return value
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) for v in value)
+            and 0 <= value[0] < value[1] <= 1):
+        return (float(value[0]), float(value[1]))
+    raise HarnessError(
+        f"{_where(source)}: [submission] clip must be \"auto\", \"none\" or [low, high] "
+        f"with 0 <= low < high <= 1, got {value!r}"
+    )
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file at `path` (default `harness.toml` if it exists) and apply overrides.
+
+    Args:
+        path: The config file; None means `harness.toml` in the current folder, or
+            built-in defaults when there is none.
+        overrides: Command-line values that win over the file: competition, data_dir,
+            workspace, weights_dir, weights, backbones (None values are ignored). Relative
+            paths here are relative to the current folder.
+
+    Raises:
+        HarnessError: missing file, TOML syntax error, unknown key or bad value.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, "")}
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    raw: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise HarnessError(f"config file {path} does not exist; pass --config PATH")
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise HarnessError(f"{path}: not valid TOML: {exc}") from None
+    source = Path(path) if path else None
+    base = source.resolve().parent if source else Path.cwd()
+    top = {"competition", "workspace", "data_dir", "features", "ensembles", "blends", "cv",
+           "submission"}
+    _check_keys(raw, top, "the top level", source)
+
+    spec = _spec_from(overrides.get("competition", raw.get("competition", "demo")), source)
+    cwd = Path.cwd()
+    workspace_root = (_path(overrides.get("workspace"), cwd)
+                      or _path(raw.get("workspace"), base)
+                      or base / "work" / spec.slug)
+    # A data_dir in the file belongs to the file's competition: a command-line competition
+    # without a data_dir uses its own workspace's data folder instead.
+    file_data_dir = None if "competition" in overrides else _path(raw.get("data_dir"), base)
+    data_dir = _path(overrides.get("data_dir"), cwd) or file_data_dir or workspace_root / "data"
+
+    features_table = dict(raw.get("features", {}))
+    for key in ("weights_dir", "backbones", "weights"):
+        if key in overrides:
+            value = overrides[key]
+            features_table[key] = str(Path(value).resolve()) if key == "weights_dir" else value
+    features = _features_from(features_table, base, source)
+
+    ensembles = _ensembles_from(raw.get("ensembles", {}), features.tta, source)
+    blends = _blends_from(raw.get("blends", {}), source)
+    cv_table = raw.get("cv", {})
+    _check_keys(cv_table, {"folds", "seed", "test_predictions"}, "[cv]", source)
+    cv = CVConfig(
+        folds=int(cv_table.get("folds", 5)),
+        seed=int(cv_table.get("seed", 0)),
+        test_predictions=_choice(cv_table.get("test_predictions", "refit"), TEST_PREDICTIONS,
+                                 "[cv] test_predictions", source),
+    )
+    if cv.folds < 2:
+        raise HarnessError(f"{_where(source)}: [cv] folds must be at least 2, got {cv.folds}")
+    submission_table = raw.get("submission", {})
+    _check_keys(submission_table, {"clip"}, "[submission]", source)
+    submission = SubmissionConfig(clip=_clip_from(submission_table.get("clip", "auto"), source))
+    return Config(
+        spec=spec,
+        workspace=Workspace(workspace_root),
+        data_dir=data_dir,
+        features=features,
+        ensembles=ensembles,
+        blends=blends,
+        cv=cv,
+        submission=submission,
+        source=source,
+    )
