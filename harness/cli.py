@@ -1,0 +1,342 @@
+"""`harness`: the command line over every stage (the only code that sees them all).
+
+    harness [options] competitions | backbones | demo-data | download | features |
+                      ensembles | submit | upload | leaderboard
+
+Every verb reads the same configuration (`--config`, default `harness.toml`) and takes
+the same overrides. A `HarnessError` becomes a one-line message and exit status 2; a
+traceback is shown only with `--verbose`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from competition.config import Config, load_config
+from competition.errors import HarnessError
+
+logger = logging.getLogger("harness")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants i/n such as 1/4, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 1 <= i <= n")
+    return index, count
+
+
+def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options accepted before and after the verb (`harness -v submit` = `harness submit -v`)."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", type=Path, default=default,
+                        help="TOML configuration (default: harness.toml if present)")
+    parser.add_argument("--competition", default=default,
+                        help="competition name from `harness competitions`")
+    parser.add_argument("--data-dir", default=default,
+                        help="folder with the competition's files in Kaggle's layout")
+    parser.add_argument("--workspace", default=default,
+                        help="where artifacts go (default: work/<competition>)")
+    parser.add_argument("--weights-dir", default=default,
+                        help="folder with local weight files, one per backbone")
+    parser.add_argument("--weights", default=default,
+                        help="imagenet | none | auto | a weights file, for every backbone")
+    parser.add_argument("--backbones", default=default,
+                        help="comma-separated backbones to use (default: from the config)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="debug logging and tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="warnings and errors only, no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one sub-command per stage."""
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Pretrained-CNN features, ensembles and Kaggle submissions.",
+    )
+    _common_options(parser, suppress=False)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        _common_options(sub, suppress=True)
+        return sub
+
+    verb("competitions", "list the built-in competitions")
+    verb("backbones", "list the available backbones")
+    verb("demo-data", "generate the offline demo competition's images")
+    download = verb("download", "download and unpack the competition's files with the kaggle client")
+    download.add_argument("--force", action="store_true", help="download again")
+
+    features = verb("features", "extract and cache GAP features for every backbone")
+    features.add_argument("--force", action="store_true", help="rebuild even if cached")
+    features.add_argument("--shard", type=_shard, help="extract only shard i of n, e.g. 1/4")
+    features.add_argument("--merge", type=int, metavar="N",
+                          help="assemble N finished shards into the feature files")
+    features.add_argument("--batch-size", type=int, default=0, help="images per batch (0: auto)")
+    features.add_argument("--threads", type=int, default=0, help="compute threads (0: auto)")
+    features.add_argument("--precision", choices=("float32", "mixed"),
+                          help="mixed: float16 compute on GPUs")
+    features.add_argument("--tta", choices=("none", "flip", "crops"),
+                          help="test-time augmentation of the default feature set")
+
+    ensembles = verb("ensembles", "cross-validate every ensemble and blend, print the table")
+    ensembles.add_argument("--only", nargs="+", metavar="NAME", help="run only these")
+    ensembles.add_argument("--force", action="store_true", help="refit even if unchanged")
+
+    submit = verb("submit", "features -> ensembles -> validated submission CSVs")
+    submit.add_argument("--ensemble", help="write only this ensemble's CSV")
+
+    upload = verb("upload", "upload a validated CSV with the kaggle client and verify it")
+    upload.add_argument("--ensemble", help="which ensemble (default: best CV score)")
+    upload.add_argument("--force", action="store_true", help="upload even an already-uploaded file")
+
+    verb("leaderboard", "fetch your scores and compare them with CV scores")
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides = {
+        "competition": args.competition,
+        "data_dir": args.data_dir,
+        "workspace": args.workspace,
+        "weights_dir": args.weights_dir,
+        "weights": args.weights,
+        "backbones": args.backbones,
+    }
+    return load_config(args.config, overrides)
+
+
+class _Timer:
+    """Wall-clock seconds per stage, printed at the end of `submit`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, func, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+
+    def summary(self) -> str:
+        return "  ".join(f"{name} {seconds:.1f}s" for name, seconds in self.seconds.items())
+
+
+# --- verbs -----------------------------------------------------------------------------
+
+def cmd_competitions(config: Config, args: argparse.Namespace) -> None:
+    from competition.spec import CATALOG
+
+    for slug, spec in sorted(CATALOG.items()):
+        print(f"{slug:38s} {spec.task:10s} {spec.metric:9s} {spec.description}")
+
+
+def cmd_backbones(config: Config, args: argparse.Namespace) -> None:
+    from features.backbones import BACKBONES
+
+    for name, spec in BACKBONES.items():
+        print(f"{name:14s} {spec.input_size:4d} px  {spec.feature_dim:5d} features")
+
+
+def ensure_data(config: Config) -> None:
+    """Make sure the data folder exists: generate the demo, or say how to download."""
+    if config.spec.slug == "demo" and not (config.data_dir / "train").is_dir():
+        from competition.demo import generate_demo
+
+        generate_demo(config.data_dir)
+    elif not config.data_dir.is_dir():
+        raise HarnessError(
+            f"data folder {config.data_dir} does not exist; run `harness download` "
+            f"(make data) or pass --data-dir / DATA_DIR"
+        )
+
+
+def cmd_demo_data(config: Config, args: argparse.Namespace) -> None:
+    from competition.demo import generate_demo
+
+    print(generate_demo(config.data_dir))
+
+
+def cmd_download(config: Config, args: argparse.Namespace) -> None:
+    from competition.download import download_competition
+
+    files = download_competition(config.spec, config.data_dir, force=args.force)
+    print(f"{len(files)} file(s) in {config.data_dir}")
+
+
+def run_features(config: Config, args: argparse.Namespace) -> object:
+    """Extract (or reuse) every feature set the configuration needs."""
+    import dataclasses
+
+    from competition.images import check_sample_submission, list_test_images
+    from features.extract import extract_for_config, merge_shards
+
+    ensure_data(config)
+    check_sample_submission(config.spec, config.data_dir,
+                            list_test_images(config.spec, config.data_dir))
+    overrides = {k: v for k, v in (("batch_size", getattr(args, "batch_size", 0)),
+                                   ("threads", getattr(args, "threads", 0)),
+                                   ("precision", getattr(args, "precision", None)),
+                                   ("tta", getattr(args, "tta", None))) if v}
+    if overrides:
+        config = dataclasses.replace(
+            config, features=dataclasses.replace(config.features, **overrides))
+    merge = getattr(args, "merge", None)
+    if merge:
+        for backbone, tta in config.feature_sets():
+            print(merge_shards(config.workspace.features_dir, backbone, tta, merge))
+        return None
+    return extract_for_config(config, force=getattr(args, "force", False),
+                              shard=getattr(args, "shard", None),
+                              progress=not args.quiet)
+
+
+def cmd_features(config: Config, args: argparse.Namespace) -> None:
+    run_features(config, args)
+
+
+def run_ensembles(config: Config, args: argparse.Namespace) -> list:
+    """Cross-validate the ensembles and blends, print and save the comparison table."""
+    from ensembles.report import format_table, write_report
+    from ensembles.run import run_ensembles as run
+
+    results = run(config, names=getattr(args, "only", None),
+                  force=getattr(args, "force", False), progress=not args.quiet)
+    print(format_table(results))
+    for path in write_report(results, config.workspace.ensembles_dir):
+        logger.info("wrote %s", path)
+    return results
+
+
+def cmd_ensembles(config: Config, args: argparse.Namespace) -> None:
+    run_ensembles(config, args)
+
+
+def write_submissions(config: Config, results: list, only: str | None) -> list[Path]:
+    """Write and validate one CSV per ensemble (or only `only`)."""
+    from submissions.writer import submission_path, write_submission
+
+    chosen = [r for r in results if only in (None, r.name)]
+    if only and not chosen:
+        known = ", ".join(r.name for r in results)
+        raise HarnessError(f"unknown ensemble {only!r}; known: {known}")
+    paths = []
+    for result in chosen:
+        path = submission_path(config.workspace.submissions_dir, config.spec, result.name)
+        write_submission(path, config.spec, config.data_dir, result.test_ids,
+                         result.test_proba, result.classes, result.clip)
+        paths.append(path)
+    return paths
+
+
+def _score(result) -> float:
+    return result.cv_log_loss_clipped if result.metric == "log_loss" else result.cv_accuracy
+
+
+def best_result(results: list, lower_is_better: bool):
+    """The result with the best CV score for the competition's metric."""
+    return (min if lower_is_better else max)(results, key=_score)
+
+
+def cmd_submit(config: Config, args: argparse.Namespace) -> None:
+    timer = _Timer()
+    timer.run("features", run_features, config, args)
+    results = timer.run("ensembles", run_ensembles, config, args)
+    paths = timer.run("submissions", write_submissions, config, results, args.ensemble)
+    best = best_result([r for r in results if args.ensemble in (None, r.name)],
+                       config.spec.lower_is_better)
+    for path in paths:
+        print(f"validated: {path}")
+    best_path = next(p for p in paths if p.stem.endswith(f"-{best.name}"))
+    metric = "log loss" if config.spec.metric == "log_loss" else "accuracy"
+    print(f"best by CV {metric}: {best.name} ({_score(best):.4f}) -> {best_path}")
+    print(f"stage times: {timer.summary()}")
+
+
+def cmd_upload(config: Config, args: argparse.Namespace) -> None:
+    from ensembles.results import load_all_results
+    from submissions.upload import upload_submission
+    from submissions.writer import submission_path
+
+    results = load_all_results(config.workspace.ensembles_dir)
+    if not results:
+        raise HarnessError("no ensemble results yet; run `harness submit` (make submit) first")
+    if args.ensemble:
+        matches = [r for r in results if r.name == args.ensemble]
+        if not matches:
+            known = ", ".join(r.name for r in results)
+            raise HarnessError(f"unknown ensemble {args.ensemble!r}; known: {known}")
+        chosen = matches[0]
+    else:
+        chosen = best_result(results, config.spec.lower_is_better)
+    path = submission_path(config.workspace.submissions_dir, config.spec, chosen.name)
+    if not path.is_file():
+        raise HarnessError(f"{path} does not exist; run `harness submit --ensemble {chosen.name}`")
+    row = upload_submission(config.spec, path, ensemble=chosen.name, cv_score=_score(chosen),
+                            data_dir=config.data_dir, ledger_path=config.workspace.ledger_path,
+                            force=args.force)
+    print(f"uploaded {path.name}: status {row.status}, ref {row.ref}")
+
+
+def cmd_leaderboard(config: Config, args: argparse.Namespace) -> None:
+    from submissions.leaderboard import format_leaderboard, refresh_leaderboard
+
+    report = refresh_leaderboard(config.spec, config.workspace.ledger_path,
+                                 config.workspace.submissions_dir)
+    print(format_leaderboard(report))
+
+
+COMMANDS = {
+    "competitions": cmd_competitions,
+    "backbones": cmd_backbones,
+    "demo-data": cmd_demo_data,
+    "download": cmd_download,
+    "features": cmd_features,
+    "ensembles": cmd_ensembles,
+    "submit": cmd_submit,
+    "upload": cmd_upload,
+    "leaderboard": cmd_leaderboard,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `harness` console script; returns the exit status."""
+    # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        COMMANDS[args.verb](_load(args), args)
+    except HarnessError as exc:
+        if args.verbose:
+            logger.exception("error")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
