@@ -188,11 +188,13 @@ def run_features(config: Config, args: argparse.Namespace) -> object:
     import dataclasses
 
     from competition.images import check_sample_submission, list_test_images
-    from features.extract import extract_for_config, merge_shards
 
     ensure_data(config)
     check_sample_submission(config.spec, config.data_dir,
                             list_test_images(config.spec, config.data_dir))
+    # Imported only now: TensorFlow takes seconds to load, and bad input should fail fast.
+    from features.extract import extract_for_config, merge_shards
+
     overrides = {k: v for k, v in (("batch_size", getattr(args, "batch_size", 0)),
                                    ("threads", getattr(args, "threads", 0)),
                                    ("precision", getattr(args, "precision", None)),

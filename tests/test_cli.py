@@ -1,0 +1,65 @@
+"""The `harness` CLI: bad input gives one line naming the problem, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env_path = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "HOME": str(cwd)},
+    )
+
+
+def test_competitions_lists_the_catalog(tmp_path):
+    result = harness("competitions", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dogs-vs-cats-redux-kernels-edition" in result.stdout
+    assert "demo" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, toml, message",
+    [
+        (["--competition", "dogs", "features"], None, "unknown competition 'dogs'"),
+        (["features"], "[features]\nbackbone = []\n", "did you mean 'backbones'"),
+        (["--competition", "dogs-vs-cats-redux-kernels-edition", "--data-dir", "nowhere",
+          "features"], None, "nowhere does not exist; run `harness download`"),
+        (["--config", "absent.toml", "features"], None, "absent.toml does not exist"),
+    ],
+    ids=["unknown-competition", "config-typo", "missing-data", "missing-config"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, toml, message):
+    if toml:
+        (tmp_path / "harness.toml").write_text(toml)
+    result = harness(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = harness("--verbose", "--competition", "dogs", "features", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "HarnessError" in result.stderr
+
+
+def test_options_work_after_the_verb(tmp_path):
+    result = harness("features", "--competition", "dogs", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown competition 'dogs'" in result.stderr
+
+
+def test_demo_data_is_generated_into_the_workspace(tmp_path):
+    result = harness("demo-data", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "work" / "demo" / "data" / "train" / "circle.0.jpg").is_file()
