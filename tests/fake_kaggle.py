@@ -288,3 +288,74 @@ def running_env_without_proxy_bypass() -> dict[str, str]:
                  "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(name, None)
     return env
+
+
+# ---- competition data and scorers for tests and the transcript ---------------------------
+def tiny_jpeg(colour: tuple[int, int, int], size: int = 32) -> bytes:
+    """A real JPEG of one colour."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    """A zip archive holding `entries` (name -> bytes)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+TEST_IDS = ("1", "2", "10")
+# Hidden truth of the fake competition: 1 = dog.
+TEST_LABELS = {"1": 1, "2": 0, "10": 1}
+
+
+def redux_zip(test_dir: str = "test", sample: str = "sample_submission.csv",
+              sample_value: str = "0.5") -> bytes:
+    """A Redux-shaped competition zip: train.zip and test.zip inside, plus the sample."""
+    train = zip_bytes({f"train/{kind}.{i}.jpg": tiny_jpeg((200, 40 * i, 0) if kind == "cat"
+                                                          else (0, 40 * i, 200))
+                       for kind in ("cat", "dog") for i in (1, 2, 10)})
+    test = zip_bytes({f"{test_dir}/{i}.jpg": tiny_jpeg((90, 90, 90)) for i in TEST_IDS})
+    csv = "id,label\n" + "".join(f"{i},{sample_value}\n" for i in TEST_IDS)
+    return zip_bytes({"train.zip": train, f"{test_dir}.zip": test, sample: csv.encode()})
+
+
+def _rows(data: bytes) -> dict[str, float]:
+    lines = data.decode().strip().splitlines()[1:]
+    return {line.split(",")[0]: float(line.split(",")[1]) for line in lines}
+
+
+def logloss_scorer(data: bytes) -> tuple[float, float]:
+    """Log loss of an `id,label` CSV against TEST_LABELS: public on ids 1,2, private on 10."""
+    import math
+
+    rows = _rows(data)
+
+    def loss(ids: tuple[str, ...]) -> float:
+        total = 0.0
+        for i in ids:
+            p = min(max(rows[i], 1e-15), 1 - 1e-15)
+            total -= math.log(p) if TEST_LABELS[i] else math.log(1 - p)
+        return total / len(ids)
+
+    return loss(("1", "2")), loss(("10",))
+
+
+def accuracy_scorer(data: bytes) -> tuple[float, float]:
+    """Accuracy of an `id,label` CSV of 0/1 labels: public on ids 1,2, private on 10."""
+    rows = _rows(data)
+
+    def accuracy(ids: tuple[str, ...]) -> float:
+        return sum(int(rows[i]) == TEST_LABELS[i] for i in ids) / len(ids)
+
+    return accuracy(("1", "2")), accuracy(("10",))
