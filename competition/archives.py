@@ -14,9 +14,10 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -120,7 +121,7 @@ def safe_extract(archive: Path, dest: Path, *, force: bool = False) -> list[Path
             context: Any = zipfile.ZipFile(archive)
             lister = _zip_entries
         elif tarfile.is_tarfile(archive):
-            context = tarfile.open(archive)
+            context = tarfile.open(archive)  # noqa: SIM115 - closed by `with` below
             lister = _tar_entries
         else:
             raise HarnessError(

@@ -18,14 +18,20 @@ from pathlib import Path
 
 from competition.archives import extract_nested, safe_extract
 from competition.errors import HarnessError
-from competition.kaggle_api import RetryPolicy, call_with_retry, kaggle_session, local_only_error
+from competition.kaggle_api import (
+    DEFAULT_RETRY,
+    RetryPolicy,
+    call_with_retry,
+    kaggle_session,
+    local_only_error,
+)
 from competition.spec import CompetitionSpec
 
 logger = logging.getLogger(__name__)
 
 COMPLETION_RECORD = ".harness-download.json"
 
-__all__ = ["download_competition", "safe_extract", "COMPLETION_RECORD"]
+__all__ = ["COMPLETION_RECORD", "download_competition", "safe_extract"]
 
 
 def _read_record(data_dir: Path, slug: str) -> list[Path] | None:
@@ -63,7 +69,7 @@ def download_competition(
     data_dir: Path,
     *,
     force: bool = False,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     sleep=time.sleep,
 ) -> list[Path]:
     """Download and unpack the competition's files into `data_dir`.

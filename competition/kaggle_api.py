@@ -85,6 +85,9 @@ class KaggleFailure:
         return self.kind == "transient"
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 def config_dir() -> Path:
     """Where the client looks for kaggle.json, resolved as kaggle 2.2 does."""
     explicit = os.environ.get("KAGGLE_CONFIG_DIR")
@@ -120,8 +123,16 @@ def _secrets() -> list[str]:
             values.append(str(key))
             if user:
                 values.append(base64.b64encode(f"{user}:{key}".encode()).decode())
-    if token and not Path(token).exists():
+    if token:
         values.append(token)
+    home = Path(os.path.expanduser("~")) / ".kaggle"
+    for path in ([Path(token)] if token else []) + [home / "access_token",
+                                                      home / "access_token.txt"]:
+        try:
+            if path.is_file():
+                values.append(path.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            pass
     return [v for v in values if len(v) >= 4]
 
 
@@ -142,7 +153,9 @@ def has_credentials() -> bool:
     if user and key:
         return True
     home = Path(os.path.expanduser("~")) / ".kaggle"
-    return any((home / name).is_file() for name in ("access_token", "access_token.txt"))
+    # Access tokens, or OAuth credentials from `kaggle auth login`.
+    return any((home / name).is_file()
+               for name in ("access_token", "access_token.txt", "credentials.json"))
 
 
 def credentials_error(detail: str = "no Kaggle credentials found") -> HarnessError:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from competition.errors import HarnessError
-from competition.kaggle_api import RetryPolicy, kaggle_session, local_only_error
+from competition.kaggle_api import DEFAULT_RETRY, RetryPolicy, kaggle_session, local_only_error
 from competition.spec import CompetitionSpec
 from submissions.ledger import Ledger, LedgerRow
 from submissions.remote import RemoteSubmission, leaderboard_scores, list_submissions
@@ -171,7 +171,7 @@ def refresh_leaderboard(
     ledger_path: Path,
     out_dir: Path,
     *,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     sleep=time.sleep,
 ) -> LeaderboardReport:
     """Fetch the user's submissions and the leaderboard, update the ledger, draw the plot.
@@ -210,8 +210,9 @@ def refresh_leaderboard(
 def format_leaderboard(report: LeaderboardReport) -> str:
     """The report as text: a header, the table (CV, public, gap), the rank line, the plot."""
     better = "lower" if report.lower_is_better else "higher"
-    lines = [f"{report.competition}: {report.metric} ({better} is better), "
-             f"{len(report.table)} submission(s)"]
+    header = (f"{report.competition}: {report.metric} ({better} is better), "
+              f"{len(report.table)} submission(s)")
+    lines = [header]
     if report.table.empty:
         lines.append("no submissions on Kaggle yet")
     else:

@@ -57,7 +57,7 @@ def list_submissions(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.slee
     found: list[RemoteSubmission] = []
     token = ""
     for _ in range(MAX_PAGES):
-        response = call_with_retry(lambda: one_page(token), what="list your submissions",
+        response = call_with_retry(lambda t=token: one_page(t), what="list your submissions",
                                    slug=slug, retry=retry, sleep=sleep)
         for item in response.submissions or []:
             found.append(RemoteSubmission(
@@ -103,7 +103,7 @@ def leaderboard_scores(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.sl
     scores: list[float] = []
     token = ""
     for _ in range(MAX_PAGES):
-        response = call_with_retry(lambda: one_page(token), what="read the leaderboard",
+        response = call_with_retry(lambda t=token: one_page(t), what="read the leaderboard",
                                    slug=slug, retry=retry, sleep=sleep)
         scores += [s for s in (parse_score(r.score) for r in response.submissions or [])
                    if s is not None]

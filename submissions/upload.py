@@ -17,6 +17,7 @@ from typing import Any
 
 from competition.errors import HarnessError
 from competition.kaggle_api import (
+    DEFAULT_RETRY,
     KaggleFailure,
     RetryPolicy,
     classify,
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 # What KaggleApi.competition_submit answers when the PUT of the file failed.
 UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
 
-__all__ = ["RetryPolicy", "upload_submission", "submission_message", "file_sha256"]
+__all__ = ["RetryPolicy", "file_sha256", "submission_message", "upload_submission"]
 
 
 def file_sha256(path: Path) -> str:
@@ -172,7 +173,7 @@ def upload_submission(
     data_dir: Path,
     ledger_path: Path,
     force: bool = False,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     sleep=time.sleep,
 ) -> LedgerRow:
     """Validate, upload and verify one submission; every attempt leaves a truthful ledger row.

@@ -197,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
     state: FakeKaggle
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - silence the console
+    def log_message(self, format: str, *args) -> None:
         pass
 
     def _body(self) -> bytes:
@@ -227,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
         expected = base64.b64encode(f"{self.state.username}:{self.state.key}".encode()).decode()
         return self.headers.get("Authorization", "") == f"Basic {expected}"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         path = urlsplit(self.path).path
         raw = self._body()
         if not path.startswith(SERVICE):
@@ -251,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = 503, {"code": 503, "message": "lost answer"}
         self._send(status, json.dumps(answer).encode(), headers)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path.startswith("/files/") and path.endswith(".zip"):
             slug = path[len("/files/"):-len(".zip")]
@@ -264,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         self._send(404, b"not found", {}, "text/plain")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         path = urlsplit(self.path).path
         data = self._body()
         with self.state._lock:
