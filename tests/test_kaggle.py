@@ -381,3 +381,45 @@ def test_transcript_script_runs_end_to_end(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file() and ".kaggle" not in path.parts:
             assert FakeKaggle().key.encode() not in path.read_bytes(), path
+
+
+def test_download_retries_transient_api_failure(fake, workspace, sleeps):
+    fake.fail_next = {"DownloadDataFiles": [503, 500]}
+    files = download_competition(REDUX, workspace / "data", retry=FAST, sleep=sleeps.append)
+    assert len(files) == 10 and fake.calls.count("DownloadDataFiles") == 3
+    assert sleeps == [pytest.approx(0.01), pytest.approx(0.02)]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "parent"])
+def test_safe_extract_refuses_bad_tar_entries(tmp_path, kind):
+    import io
+    import tarfile
+
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as handle:
+        info = tarfile.TarInfo("link" if kind == "symlink" else "../up.txt")
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            handle.addfile(info)
+        else:
+            info.size = 2
+            handle.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(HarnessError, match="refusing entry"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "up.txt").exists() and not (tmp_path / "out" / "link").exists()
+
+
+def test_interrupted_upload_leaves_pending_row(fake, workspace):
+    """Ctrl-C between tries: the outcome is unknown, and the ledger says so."""
+    _data(workspace)
+    fake.fail_next = {"CreateSubmission": [503]}
+
+    def interrupt(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        upload_submission(REDUX, _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8}),
+                          ensemble="e", cv_score=0.1, data_dir=workspace / "data",
+                          ledger_path=workspace / "ledger.sqlite", retry=FAST, sleep=interrupt)
+    (row,) = Ledger(workspace / "ledger.sqlite").rows()
+    assert row.status == "pending" and row.error.startswith("interrupted")
