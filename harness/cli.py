@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     upload = verb("upload", "upload a validated CSV with the kaggle client and verify it")
     upload.add_argument("--ensemble", help="which ensemble (default: best CV score)")
+    upload.add_argument("--file", type=Path, help="upload this CSV instead of an ensemble's")
+    upload.add_argument("--cv", type=float, help="CV score to record with --file")
     upload.add_argument("--force", action="store_true", help="upload even an already-uploaded file")
 
     verb("leaderboard", "fetch your scores and compare them with CV scores")
@@ -274,9 +276,11 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> None:
     print(f"stage times: {timer.summary()}")
 
 
-def cmd_upload(config: Config, args: argparse.Namespace) -> None:
+def _chosen_upload(config: Config, args: argparse.Namespace) -> tuple[Path, str, float | None]:
+    """The CSV to upload, its ensemble name and CV score: --file, --ensemble, or the best."""
+    if args.file:
+        return args.file, args.ensemble or args.file.stem, args.cv
     from ensembles.results import load_all_results
-    from submissions.upload import upload_submission
     from submissions.writer import submission_path
 
     results = load_all_results(config.workspace.ensembles_dir)
@@ -293,10 +297,18 @@ def cmd_upload(config: Config, args: argparse.Namespace) -> None:
     path = submission_path(config.workspace.submissions_dir, config.spec, chosen.name)
     if not path.is_file():
         raise HarnessError(f"{path} does not exist; run `harness submit --ensemble {chosen.name}`")
-    row = upload_submission(config.spec, path, ensemble=chosen.name, cv_score=_score(chosen),
+    return path, chosen.name, _score(chosen)
+
+
+def cmd_upload(config: Config, args: argparse.Namespace) -> None:
+    from submissions.upload import upload_submission
+
+    path, ensemble, cv_score = _chosen_upload(config, args)
+    row = upload_submission(config.spec, path, ensemble=ensemble, cv_score=cv_score,
                             data_dir=config.data_dir, ledger_path=config.workspace.ledger_path,
                             force=args.force)
-    print(f"uploaded {path.name}: status {row.status}, ref {row.ref}")
+    score = "" if row.public_score is None else f", public score {row.public_score}"
+    print(f"uploaded {path.name} as {row.description!r}: {row.status}, ref {row.kaggle_ref}{score}")
 
 
 def cmd_leaderboard(config: Config, args: argparse.Namespace) -> None:
