@@ -6,8 +6,10 @@ Every choice is logged, so a run's log says what it ran on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,32 @@ def configure(batch_size: int = 0, threads: int = 0, precision: str = "float32")
     return runtime
 
 
+RANDOM_INIT_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded_random_init() -> Iterator[None]:
+    """Make weights=None models identical in every process, while building inside it.
+
+    A resumed run (or a shard, or a per-backbone run) must compute the same features as
+    an uninterrupted one, so "random init" means "random init from seed 0". Keras draws
+    initializer seeds from Python's `random`, so the seed must hold during the build;
+    Python's and NumPy's global states are restored afterwards for the caller.
+    """
+    import random
+
+    import keras
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(RANDOM_INIT_SEED)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 class Forward:
     """A backbone's preprocess + forward pass as one compiled function (GAP features out).
 
@@ -106,7 +134,8 @@ class Forward:
         if runtime.precision == "mixed":
             keras.mixed_precision.set_global_policy("mixed_float16")
         try:
-            with runtime.strategy.scope():
+            seed = seeded_random_init() if weights is None else contextlib.nullcontext()
+            with seed, runtime.strategy.scope():
                 self.model = spec.build(weights)
         finally:
             keras.mixed_precision.set_global_policy(previous)
@@ -116,7 +145,10 @@ class Forward:
         def step(x: Any) -> Any:
             return tf.cast(model(preprocess(x), training=False), tf.float32)
 
-        self._step = tf.function(step, reduce_retracing=True)
+        # One trace for every batch size (the last batch is smaller): retracing costs seconds.
+        size = spec.input_size
+        self._step = tf.function(
+            step, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
     def __call__(self, images: Any) -> Any:
         """GAP features (B, D) float32 of a batch of RGB 0-255 float images (B, S, S, 3)."""

@@ -24,7 +24,7 @@ def picture(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
 
 def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90, **kwargs)
+    image.save(buffer, "JPEG", **{"quality": 90, **kwargs})
     return buffer.getvalue()
 
 
