@@ -202,8 +202,12 @@ def test_shards_merge_by_id_and_refuse_missing_or_doubled(tmp_path):
     for i in range(3):
         report = run(train, test, out, shard=(i, 3))
         assert report.results[0].path.name == f"mobilenet_025.shard-{i}-of-3.h5"
-    with pytest.raises(HarnessError, match="shard 3 of 4 is missing"):
-        merge_shards(out, "mobilenet_025", "none", 4)
+    aside = tmp_path / "aside.h5"
+    shutil.move(out / "mobilenet_025.shard-2-of-3.h5", aside)
+    with pytest.raises(HarnessError, match="shard 2 of 3 is missing"):
+        merge_shards(out, "mobilenet_025", "none", 3)
+    assert not feature_path(out, "mobilenet_025").exists()
+    shutil.move(aside, out / "mobilenet_025.shard-2-of-3.h5")
     merged = merge_shards(out, "mobilenet_025", "none", 3)
     for split in ("train", "test"):
         a, b = load_split(full.results[0].path, split), load_split(merged, split)
