@@ -78,6 +78,7 @@ class ExtractionReport:
 
     results: list[FeatureResult]
     seconds: float = 0.0
+    build_seconds: float = 0.0
 
     def __iter__(self):
         return iter(self.results)
@@ -378,6 +379,7 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
         used_precision = "float32"
     jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard)
     todo, results = [], []
+    build_seconds = 0.0
     for job in jobs:
         job.reason = _why_rebuild(job.path, job.fingerprint, job.parts, force)
         if not job.reason:
@@ -402,12 +404,14 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
 
         runtime = runtime_module.configure(batch_size, threads, precision)
         forwards = {}
+        build_started = time.perf_counter()
         for job in todo:
             if job.spec.name not in forwards:
                 logger.info("building %s (%d px, weights %s)", job.spec.name,
                             job.spec.input_size, job.weights.identity)
                 forwards[job.spec.name] = runtime_module.Forward(
                     job.spec, job.weights.keras_arg, runtime)
+        build_seconds = time.perf_counter() - build_started
         for split, images in (("train", sub_train), ("test", sub_test)):
             _run_split(split, images, todo, forwards, runtime, progress)
         for job in todo:
@@ -424,7 +428,7 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
                 images_per_s=job.computed / job.seconds if job.seconds else 0.0))
     order = {key: k for k, key in enumerate(dict.fromkeys(requests))}
     results.sort(key=lambda r: order[(r.backbone, r.tta)])
-    report = ExtractionReport(results, time.perf_counter() - started)
+    report = ExtractionReport(results, time.perf_counter() - started, build_seconds)
     logger.info(report.summary())
     return report
 
