@@ -1,0 +1,467 @@
+"""Images -> GAP features for every requested backbone, in one pass over the images.
+
+Each image is read and decoded once (tf.data, parallel map, prefetch so decoding overlaps
+model compute), resized once per input size, and fed to every backbone that still needs
+it. Features stream to per-batch part files (see features.parts), so a killed run resumes
+where it stopped, and are assembled into one HDF5 file per (backbone, TTA) that is marked
+complete only at the end. A complete file whose fingerprint matches is reused without
+importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from competition.config import TTA_MODES, Config
+from competition.errors import HarnessError
+from competition.images import ImageList, list_test_images, list_train_images
+from features import parts as part_store
+from features.backbones import BackboneSpec, get_backbone
+from features.decode import DECODER_VERSION, decode_file
+from features.fingerprint import describe_changes, fingerprint_of, ids_digest, image_list_digest
+from features.shards import merge_shards, shard_images, shard_path
+from features.store import feature_path, read_attrs
+from features.weights import WeightsChoice, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExtractionReport", "FeatureResult", "extract_features", "extract_for_config",
+           "merge_shards"]
+
+RESIZE = "bilinear"  # tf.image.resize, as keras.utils.image_dataset_from_directory does
+CROP_SCALE = 256 / 224  # 10-crop: resize to 256 for 224 crops (342 for 299), as in AlexNet
+LIBRARIES = ("tensorflow", "keras", "h5py", "numpy", "pillow")
+
+
+@dataclass
+class FeatureResult:
+    """The outcome for one (backbone, tta) feature file.
+
+    Attributes:
+        backbone, tta: What was extracted.
+        path: The HDF5 file.
+        reused: True when a complete file with the same fingerprint was kept.
+        reason: Why it was (re)built, or "up to date".
+        images: Train + test images in the file's image lists.
+        skipped: Train ids that could not be read (no row).
+        failed: Test ids that could not be read (row of zeros, flagged).
+        seconds: Model time spent on this backbone in this run.
+        images_per_s: Images per second of model time (0 when reused).
+    """
+
+    backbone: str
+    tta: str
+    path: Path
+    reused: bool
+    reason: str
+    images: int
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+
+@dataclass
+class ExtractionReport:
+    """Every feature file of one `extract_features` call, plus the wall time."""
+
+    results: list[FeatureResult]
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def result(self, backbone: str, tta: str = "none") -> FeatureResult:
+        """The result for (backbone, tta)."""
+        for item in self.results:
+            if (item.backbone, item.tta) == (backbone, tta):
+                return item
+        raise KeyError((backbone, tta))
+
+    def summary(self) -> str:
+        """One line: images, skipped, failed, seconds, img/s per backbone."""
+        if not self.results:
+            return "features: nothing requested"
+        images = max(r.images for r in self.results)
+        skipped = len({s for r in self.results for s in r.skipped})
+        failed = len({s for r in self.results for s in r.failed})
+        speeds = ", ".join(
+            f"{r.backbone}{'' if r.tta == 'none' else '/' + r.tta} "
+            + ("reused" if r.reused else f"{r.images_per_s:.1f} img/s")
+            for r in self.results
+        )
+        return (f"features: {images} images, {skipped} train skipped, {failed} test failed, "
+                f"{self.seconds:.1f} s; {speeds}")
+
+
+@dataclass
+class _Job:
+    spec: BackboneSpec
+    tta: str
+    weights: WeightsChoice
+    path: Path
+    parts: dict
+    fingerprint: str
+    extra_attrs: dict
+    reason: str = ""
+    folder: Path | None = None
+    done: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    computed: int = 0
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape the features (no imports)."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def crop_size(input_size: int) -> int:
+    """The side an image is resized to before 10-crop oversampling."""
+    return int(round(input_size * CROP_SCALE))
+
+
+def _sizes(jobs: Sequence[_Job]) -> list[int]:
+    sizes = set()
+    for job in jobs:
+        sizes.add(crop_size(job.spec.input_size) if job.tta == "crops" else job.spec.input_size)
+    return sorted(sizes)
+
+
+def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: str,
+               train: ImageList, test: ImageList) -> dict:
+    return {
+        "train": image_list_digest(train),
+        "test": image_list_digest(test),
+        "backbone": spec.name,
+        "input_size": spec.input_size,
+        "weights": weights.identity,
+        "tta": tta,
+        "preprocessing": f"{spec.preprocess_name}; resize {RESIZE}"
+                         + (f" {crop_size(spec.input_size)} 10-crop" if tta == "crops" else ""),
+        "decoder": DECODER_VERSION,
+        "precision": precision,
+    }
+
+
+def _why_rebuild(path: Path, fingerprint: str, parts: dict, force: bool) -> str:
+    """"" when `path` can be reused, else the reason it must be (re)built."""
+    if force:
+        return "forced rebuild (force=True)"
+    if not path.is_file():
+        return "no feature file yet"
+    attrs = read_attrs(path)
+    if not attrs:
+        return "file cannot be read (damaged); rebuilding"
+    if not bool(attrs.get("complete", False)):
+        return "file is incomplete"
+    if attrs.get("fingerprint") == fingerprint:
+        return ""
+    try:
+        old = json.loads(attrs.get("fingerprint_parts", "{}"))
+    except ValueError:
+        old = {}
+    return describe_changes(old, parts)
+
+
+def _validate(requests: Sequence[tuple[str, str]], weights: Mapping[str, WeightsChoice],
+              shard: tuple[int, int] | None) -> None:
+    for backbone, tta in requests:
+        get_backbone(backbone)
+        if tta not in TTA_MODES:
+            raise HarnessError(f"tta {tta!r} for {backbone} is not one of {', '.join(TTA_MODES)}")
+        if backbone not in weights:
+            raise HarnessError(f"no weights chosen for {backbone}; resolve_weights() it first")
+    if shard is not None:
+        i, n = shard
+        if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+            raise HarnessError(f"shard {shard!r} must be (i, n) with 0 <= i < n, e.g. --shard 0/4")
+
+
+def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
+          weights: Mapping[str, WeightsChoice], features_dir: Path, precision: str,
+          shard: tuple[int, int] | None) -> list[_Job]:
+    jobs = []
+    for backbone, tta in dict.fromkeys(requests):
+        spec = get_backbone(backbone)
+        full_parts = _parts_for(spec, tta, weights[backbone], precision, train, test)
+        full_fp = fingerprint_of(full_parts)
+        path = feature_path(features_dir, backbone, tta)
+        extra: dict[str, Any] = {"shard": ""}
+        parts, fp = full_parts, full_fp
+        if shard is not None:
+            sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
+            parts = dict(_parts_for(spec, tta, weights[backbone], precision, sub_train,
+                                    sub_test), shard=f"{shard[0]}/{shard[1]}")
+            fp = fingerprint_of(parts)
+            path = shard_path(path, shard)
+            extra = {
+                "shard": f"{shard[0]}/{shard[1]}",
+                "full_fingerprint": full_fp,
+                "full_fingerprint_parts": part_store.json_attr(full_parts),
+                "full_train_count": len(train),
+                "full_test_count": len(test),
+                "full_train_ids_digest": ids_digest(train.ids),
+                "full_test_ids_digest": ids_digest(test.ids),
+            }
+        jobs.append(_Job(spec, tta, weights[backbone], path, parts, fp, extra))
+    return jobs
+
+
+def _attrs(job: _Job, train: ImageList, precision: str) -> dict:
+    attrs = {
+        "backbone": job.spec.name,
+        "input_size": job.spec.input_size,
+        "feature_dim": job.spec.feature_dim,
+        "weights": job.weights.identity,
+        "tta": job.tta,
+        "preprocessing": job.parts["preprocessing"],
+        "precision": precision,
+        "classes": json.dumps(list(train.classes)),
+        "libraries": part_store.json_attr(library_versions()),
+        "fingerprint": job.fingerprint,
+        "fingerprint_parts": part_store.json_attr(job.parts),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    attrs.update({f"{k}_version": v for k, v in library_versions().items()})
+    attrs.update(job.extra_attrs)
+    return attrs
+
+
+def _dataset(images: ImageList, rows: np.ndarray, sizes: list[int], batch_size: int,
+             map_threads: int) -> Any:
+    """tf.data: decode each image once (parallel), resize once per size, batch, prefetch."""
+    import tensorflow as tf
+
+    paths = [str(images.paths[r]) for r in rows]
+    min_side = max(sizes)
+
+    def load(path: Any) -> tuple:
+        pixels, reason = decode_file(path.numpy().decode("utf-8"), min_side)
+        if pixels is None:
+            return np.zeros((1, 1, 3), np.uint8), reason
+        return pixels, ""
+
+    def load_graph(path: Any, row: Any) -> tuple:
+        pixels, reason = tf.py_function(load, [path], [tf.uint8, tf.string])
+        pixels.set_shape([None, None, 3])
+        resized = tuple(tf.image.resize(pixels, (s, s), method=RESIZE) for s in sizes)
+        return resized, reason, row
+
+    parallel = map_threads if map_threads > 0 else tf.data.AUTOTUNE
+    dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(rows, np.int64)))
+    return (dataset.map(load_graph, num_parallel_calls=parallel, deterministic=True)
+            .batch(batch_size).prefetch(2))
+
+
+def _tta_features(forward: Any, batch: Any, tta: str, cache: dict) -> np.ndarray:
+    """Features of one batch under a TTA mode; plain features are shared across modes."""
+    import tensorflow as tf
+
+    key = (id(forward), "plain")
+    if tta in ("none", "flip"):
+        if key not in cache:
+            cache[key] = forward(batch).numpy()
+        if tta == "none":
+            return cache[key]
+        mirrored = forward(tf.reverse(batch, axis=[2])).numpy()
+        return (cache[key] + mirrored) / 2.0
+    side, size = int(batch.shape[1]), forward.spec.input_size
+    far = side - size
+    mid = far // 2
+    total = None
+    for top, left in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid)):
+        crop = batch[:, top:top + size, left:left + size, :]
+        for view in (crop, tf.reverse(crop, axis=[2])):
+            out = forward(view).numpy()
+            total = out if total is None else total + out
+    return total / 10.0
+
+
+def _run_split(split: str, images: ImageList, jobs: list[_Job], forwards: dict, runtime: Any,
+               progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    need = np.zeros(len(images), dtype=bool)
+    for job in jobs:
+        need |= ~job.done[split]
+    rows = np.flatnonzero(need)
+    if not len(rows):
+        return
+    sizes = _sizes(jobs)
+    size_index = {s: k for k, s in enumerate(sizes)}
+    names = ", ".join(dict.fromkeys(j.spec.name for j in jobs))
+    dataset = _dataset(images, rows, sizes, runtime.batch_size, runtime.map_threads)
+    with tqdm(total=len(rows), unit="img", desc=f"{split} [{names}]", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for resized, reasons_t, rows_t in dataset:
+            batch_rows = rows_t.numpy()
+            reasons = [r.decode("utf-8") for r in reasons_t.numpy()]
+            ids = [images.ids[r] for r in batch_rows]
+            cache: dict = {}
+            for job in jobs:
+                if job.done[split][batch_rows].all():
+                    continue
+                forward = forwards[job.spec.name]
+                side = crop_size(job.spec.input_size) if job.tta == "crops" else job.spec.input_size
+                start = time.perf_counter()
+                values = _tta_features(forward, resized[size_index[side]], job.tta, cache)
+                job.seconds += time.perf_counter() - start
+                job.computed += len(batch_rows)
+                part_store.write_part(job.folder, split, batch_rows, ids, values, reasons)
+                job.done[split][batch_rows] = True
+            bar.update(len(batch_rows))
+
+
+def _report_bad(job: _Job, bad: dict) -> None:
+    for split, table, what in (("train", "skipped", "skipped"),
+                               ("test", "failed", "kept as a row of zeros")):
+        pairs = bad.get(split, [])
+        for image_id, reason in pairs[:10]:
+            logger.warning("%s/%s: %s; %s and listed in %s:/%s/%s", split, image_id, reason,
+                           what, job.path, split, table)
+        if len(pairs) > 10:
+            logger.warning("... and %d more %s images listed in %s:/%s/%s", len(pairs) - 10,
+                           split, job.path, split, table)
+
+
+def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
+                     weights: Mapping[str, WeightsChoice], features_dir: Path, *,
+                     batch_size: int = 0, threads: int = 0, precision: str = "float32",
+                     force: bool = False, shard: tuple[int, int] | None = None,
+                     progress: bool = True) -> ExtractionReport:
+    """Extract (or reuse) one feature file per (backbone, tta) request, in one pass.
+
+    Args:
+        train, test: The image lists (ids, paths, labels).
+        requests: (backbone, tta) pairs; tta is "none", "flip" or "crops".
+        weights: The resolved weights of every requested backbone.
+        features_dir: Where the HDF5 files go (names from store.feature_path).
+        batch_size: Images per batch; 0 chooses for the machine.
+        threads: Intra-op / decode threads; 0 chooses for the machine.
+        precision: "float32" or "mixed" (float16 compute, GPU only).
+        force: Rebuild even files whose fingerprint matches.
+        shard: (i, n): extract only every n-th image from the i-th, into its own file
+            (merge with `merge_shards`).
+        progress: Show a tqdm bar per split.
+
+    Returns:
+        An ExtractionReport; its summary line is also logged.
+
+    Raises:
+        HarnessError: unknown backbone or TTA, missing weights, bad shard.
+    """
+    started = time.perf_counter()
+    features_dir = Path(features_dir)
+    _validate(requests, weights, shard)
+    sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
+    # Mixed precision only exists on GPUs; decide before fingerprinting so a CPU run's
+    # float32 file is not mislabelled (and is reused by later CPU runs).
+    used_precision = precision
+    if precision == "mixed" and not _has_gpu():
+        used_precision = "float32"
+    jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard)
+    todo, results = [], []
+    build_seconds = 0.0
+    for job in jobs:
+        job.reason = _why_rebuild(job.path, job.fingerprint, job.parts, force)
+        if not job.reason:
+            attrs = read_attrs(job.path)
+            logger.info("%s: up to date, reused (fingerprint %s)", job.path, job.fingerprint[:12])
+            results.append(_reused_result(job, attrs, len(sub_train) + len(sub_test)))
+            continue
+        logger.info("%s: building: %s", job.path, job.reason)
+        job.folder = part_store.partial_dir(job.path, job.fingerprint)
+        if force:
+            part_store.discard(job.folder)
+        job.done = {"train": part_store.done_rows(job.folder, "train", sub_train),
+                    "test": part_store.done_rows(job.folder, "test", sub_test)}
+        already = int(job.done["train"].sum() + job.done["test"].sum())
+        if already:
+            logger.info("%s: resuming: %d of %d images already extracted in %s", job.path,
+                        already, len(sub_train) + len(sub_test), job.folder)
+        todo.append(job)
+
+    if todo:
+        from features import runtime as runtime_module
+
+        runtime = runtime_module.configure(batch_size, threads, precision)
+        forwards = {}
+        build_started = time.perf_counter()
+        for job in todo:
+            if job.spec.name not in forwards:
+                logger.info("building %s (%d px, weights %s)", job.spec.name,
+                            job.spec.input_size, job.weights.identity)
+                forwards[job.spec.name] = runtime_module.Forward(
+                    job.spec, job.weights.keras_arg, runtime)
+        build_seconds = time.perf_counter() - build_started
+        for split, images in (("train", sub_train), ("test", sub_test)):
+            _run_split(split, images, todo, forwards, runtime, progress)
+        for job in todo:
+            bad = part_store.assemble(job.folder, job.path, sub_train, sub_test,
+                                      job.spec.feature_dim, _attrs(job, train, used_precision))
+            part_store.discard(job.folder)
+            part_store.discard_stale(job.path)
+            _report_bad(job, bad)
+            results.append(FeatureResult(
+                backbone=job.spec.name, tta=job.tta, path=job.path, reused=False,
+                reason=job.reason, images=len(sub_train) + len(sub_test),
+                skipped=[i for i, _ in bad["train"]], failed=[i for i, _ in bad["test"]],
+                seconds=job.seconds,
+                images_per_s=job.computed / job.seconds if job.seconds else 0.0))
+    order = {key: k for k, key in enumerate(dict.fromkeys(requests))}
+    results.sort(key=lambda r: order[(r.backbone, r.tta)])
+    report = ExtractionReport(results, time.perf_counter() - started, build_seconds)
+    logger.info(report.summary())
+    return report
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _reused_result(job: _Job, attrs: dict, images: int) -> FeatureResult:
+    import h5py
+
+    skipped, failed = [], []
+    with h5py.File(job.path, "r") as handle:
+        if "skipped" in handle["train"] and len(handle["train/skipped"]):
+            skipped = list(handle["train/skipped"].asstr()[:, 0])
+        if "failed" in handle["test"] and len(handle["test/failed"]):
+            failed = list(handle["test/failed"].asstr()[:, 0])
+    return FeatureResult(job.spec.name, job.tta, job.path, True, "up to date", images,
+                         skipped, failed)
+
+
+def extract_for_config(config: Config, *, force: bool = False,
+                       shard: tuple[int, int] | None = None,
+                       progress: bool = True) -> ExtractionReport:
+    """Extract the features a configuration asks for (backbones and every ensemble's TTA)."""
+    train = list_train_images(config.spec, config.data_dir)
+    test = list_test_images(config.spec, config.data_dir)
+    requests = config.feature_sets()
+    weights = {b: resolve_weights(b, config.features, config.spec)
+               for b in dict.fromkeys(b for b, _ in requests)}
+    return extract_features(
+        train, test, requests, weights, config.workspace.features_dir,
+        batch_size=config.features.batch_size, threads=config.features.threads,
+        precision=config.features.precision, force=force, shard=shard, progress=progress)

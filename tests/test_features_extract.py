@@ -1,0 +1,279 @@
+"""The extraction engine on real tiny JPEGs and real HDF5 files (mobilenet_025, random init)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from competition.errors import HarnessError
+from features.extract import extract_features, merge_shards
+from features.store import feature_path, load_split, read_attrs
+from features.weights import WeightsChoice
+from tests.features_fixtures import (BAD_KINDS, UNREADABLE, bad_image_bytes, image_lists,
+                                     make_dataset)
+
+NONE = WeightsChoice(None, "none")
+MOBILE = [("mobilenet_025", "none")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def feat_hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def feat_data(tmp_path):
+    return make_dataset(tmp_path / "data", n_train=6, n_test=5)
+
+
+def assert_close(actual, expected, rel=1e-3):
+    """Equal up to `rel` of the features' scale (random-init MobileNet features are ~1e-16)."""
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
+
+
+def differ(a, b, rel=1e-2):
+    return float(np.abs(a - b).max()) > rel * float(np.abs(b).max())
+
+
+def run(train, test, out, requests=MOBILE, **kwargs):
+    weights = {b: NONE for b, _ in requests}
+    kwargs.setdefault("batch_size", 4)
+    kwargs.setdefault("progress", False)
+    return extract_features(train, test, requests, weights, out, **kwargs)
+
+
+def test_layout_ids_labels_and_reuse(feat_data, tmp_path, caplog):
+    train, test = image_lists(feat_data)
+    out = tmp_path / "features"
+    report = run(train, test, out)
+    path = feature_path(out, "mobilenet_025")
+    assert report.result("mobilenet_025").path == path and not report.result("mobilenet_025").reused
+    tr, te = load_split(path, "train"), load_split(path, "test")
+    assert list(tr.ids) == list(train.ids)  # natural order: circle.1, circle.3, ...
+    assert list(te.ids) == ["1", "2", "3", "4", "5"]
+    assert tr.features.shape == (6, 256) and te.features.shape == (5, 256)
+    assert list(tr.labels) == list(train.labels) and tr.classes == ("circle", "square")
+    assert tr.attrs["complete"] and tr.attrs["weights"] == "none"
+    assert tr.attrs["backbone"] == "mobilenet_025" and tr.attrs["input_size"] == 224
+    assert tr.attrs["keras_version"].startswith("3.")
+    assert not list((out / ".partial").glob("*/*.npz"))  # parts cleaned up once complete
+    # Different images give different features: rows are not copies of each other.
+    assert differ(tr.features[0], tr.features[1])
+    mtime = path.stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="features")
+    again = run(train, test, out)
+    assert again.result("mobilenet_025").reused and path.stat().st_mtime_ns == mtime
+    assert "up to date, reused" in caplog.text
+
+
+def test_fingerprint_change_rebuilds_and_says_why(feat_data, tmp_path, caplog):
+    train, test = image_lists(feat_data)
+    out = tmp_path / "features"
+    run(train, test, out)
+    first = read_attrs(feature_path(out, "mobilenet_025"))["fingerprint"]
+    caplog.set_level(logging.INFO, logger="features")
+    # A new training image changes the image list.
+    (feat_data / "train" / "circle.11.jpg").write_bytes((feat_data / "train" / "circle.1.jpg").read_bytes())
+    train2, test2 = image_lists(feat_data)
+    report = run(train2, test2, out)
+    assert not report.result("mobilenet_025").reused
+    assert "train images changed (6 -> 7 images)" in caplog.text
+    assert "train images changed (6 -> 7 images)" in report.result("mobilenet_025").reason
+    assert "circle.11" in load_split(feature_path(out, "mobilenet_025"), "train").ids
+    second = read_attrs(feature_path(out, "mobilenet_025"))["fingerprint"]
+    assert second != first
+    # Other weights: the reason names them.
+    caplog.clear()
+    fake = tmp_path / "w.h5"
+    fake.write_bytes(b"x")
+    from features.extract import _why_rebuild, _plan  # the reuse decision, without building
+    jobs = _plan(train2, test2, MOBILE, {"mobilenet_025": WeightsChoice(str(fake), "sha256:abc")},
+                 out, "float32", None)
+    assert "weights changed ('none' -> 'sha256:abc')" in _why_rebuild(
+        jobs[0].path, jobs[0].fingerprint, jobs[0].parts, False)
+    # force=True rebuilds a matching file anyway.
+    forced = run(train2, test2, out, force=True)
+    assert forced.result("mobilenet_025").reason.startswith("forced")
+
+
+def test_tta_modes_have_their_own_files_and_fingerprints(feat_data, tmp_path):
+    train, test = image_lists(feat_data)
+    out = tmp_path / "features"
+    run(train, test, out, requests=[("mobilenet_025", t) for t in ("none", "flip", "crops")])
+    attrs = {t: read_attrs(feature_path(out, "mobilenet_025", t)) for t in ("none", "flip", "crops")}
+    assert len({a["fingerprint"] for a in attrs.values()}) == 3
+    assert [attrs[t]["tta"] for t in ("none", "flip", "crops")] == ["none", "flip", "crops"]
+    plain, flip, crops = (load_split(feature_path(out, "mobilenet_025", t), "test").features
+                          for t in ("none", "flip", "crops"))
+    assert differ(plain, flip) and differ(plain, crops)
+    # flip = mean of the image's and its mirror's features: check with a mirrored data set.
+    mirror = tmp_path / "mirror"
+    shutil.copytree(feat_data, mirror)
+    from PIL import Image
+    for path in (mirror / "test").glob("*.jpg"):
+        # Lossless PNG bytes under the .jpg name keep the mirrored pixels exact.
+        source = np.asarray(Image.open(feat_data / "test" / path.name).convert("RGB"))
+        Image.fromarray(source[:, ::-1]).save(path, "PNG")
+    original = tmp_path / "original"
+    shutil.copytree(feat_data, original)
+    for path in (original / "test").glob("*.jpg"):
+        Image.open(feat_data / "test" / path.name).convert("RGB").save(path, "PNG")
+    m_train, m_test = image_lists(mirror)
+    o_train, o_test = image_lists(original)
+    mirrored = load_split(run(m_train, m_test, tmp_path / "m").results[0].path, "test").features
+    originals = run(o_train, o_test, tmp_path / "o", requests=[("mobilenet_025", "flip")])
+    flipped = load_split(originals.results[0].path, "test").features
+    o_plain = load_split(run(o_train, o_test, tmp_path / "o2").results[0].path, "test").features
+    assert_close(flipped, (o_plain + mirrored) / 2)
+
+
+def test_bad_images_keep_ids_aligned(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=4, n_test=3)
+    for k, kind in enumerate(BAD_KINDS):
+        (data / "train" / f"square.{20 + k}.jpg").write_bytes(bad_image_bytes(kind, seed=k))
+        (data / "test" / f"{20 + k}.jpg").write_bytes(bad_image_bytes(kind, seed=k))
+    train, test = image_lists(data)
+    out = tmp_path / "features"
+    report = run(train, test, out)
+    result = report.result("mobilenet_025")
+    unreadable_train = {f"square.{20 + k}" for k, kind in enumerate(BAD_KINDS) if kind in UNREADABLE}
+    unreadable_test = {f"{20 + k}" for k, kind in enumerate(BAD_KINDS) if kind in UNREADABLE}
+    assert set(result.skipped) == unreadable_train and set(result.failed) == unreadable_test
+    path = feature_path(out, "mobilenet_025")
+    tr, te = load_split(path, "train"), load_split(path, "test")
+    assert list(tr.ids) == [i for i in train.ids if i not in unreadable_train]
+    assert list(te.ids) == list(test.ids)  # every test id keeps its row
+    assert set(te.ids[te.failed]) == unreadable_test
+    assert np.all(te.features[te.failed] == 0) and np.all(np.abs(te.features[~te.failed]).sum(1) > 0)
+    label_of = dict(zip(train.ids, train.labels))
+    assert [label_of[i] for i in tr.ids] == list(tr.labels)
+    with h5py.File(path, "r") as handle:
+        reasons = dict(handle["train/skipped"].asstr()[()])
+    assert reasons[f"square.{20 + BAD_KINDS.index('zero_byte')}"] == "empty file (0 bytes)"
+    assert "cannot decode" in reasons[f"square.{20 + BAD_KINDS.index('not_an_image')}"]
+    # Alignment: each readable image's row equals that image extracted on its own.
+    for kind in ("png", "cmyk", "grayscale", "large", "gif"):
+        image_id = f"{20 + BAD_KINDS.index(kind)}"
+        alone = tmp_path / f"alone-{kind}"
+        make_dataset(alone, n_train=2, n_test=0)
+        shutil.copy(data / "test" / f"{image_id}.jpg", alone / "test" / f"{image_id}.jpg")
+        a_train, a_test = image_lists(alone)
+        single = load_split(run(a_train, a_test, alone / "f").results[0].path, "test")
+        row = list(te.ids).index(image_id)
+        assert_close(te.features[row], single.features[0])
+
+
+@pytest.mark.slow
+def test_one_pass_equals_per_backbone_passes(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=3, n_test=2)
+    train, test = image_lists(data)
+    requests = [("mobilenet_025", "none"), ("inception_v3", "none")]
+    together = run(train, test, tmp_path / "one", requests=requests)
+    assert {r.backbone for r in together} == {"mobilenet_025", "inception_v3"}
+    for backbone, _ in requests:
+        alone = run(train, test, tmp_path / backbone, requests=[(backbone, "none")])
+        for split in ("train", "test"):
+            a = load_split(together.result(backbone).path, split)
+            b = load_split(alone.result(backbone).path, split)
+            assert list(a.ids) == list(b.ids)
+            assert_close(a.features, b.features)
+    assert load_split(together.result("inception_v3").path, "train").features.shape == (3, 2048)
+
+
+def test_shards_merge_by_id_and_refuse_missing_or_doubled(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=7, n_test=5)
+    train, test = image_lists(data)
+    full = run(train, test, tmp_path / "full")
+    out = tmp_path / "sharded"
+    for i in range(3):
+        report = run(train, test, out, shard=(i, 3))
+        assert report.results[0].path.name == f"mobilenet_025.shard-{i}-of-3.h5"
+    aside = tmp_path / "aside.h5"
+    shutil.move(out / "mobilenet_025.shard-2-of-3.h5", aside)
+    with pytest.raises(HarnessError, match="shard 2 of 3 is missing"):
+        merge_shards(out, "mobilenet_025", "none", 3)
+    assert not feature_path(out, "mobilenet_025").exists()
+    shutil.move(aside, out / "mobilenet_025.shard-2-of-3.h5")
+    merged = merge_shards(out, "mobilenet_025", "none", 3)
+    for split in ("train", "test"):
+        a, b = load_split(full.results[0].path, split), load_split(merged, split)
+        assert list(a.ids) == list(b.ids)
+        assert_close(a.features, b.features)
+        if split == "train":
+            assert list(a.labels) == list(b.labels)
+    # The merged file carries the full fingerprint: an unsharded run reuses it.
+    assert run(train, test, out).results[0].reused
+    # A doubled shard (shard 0's file copied over shard 1's) is refused.
+    shutil.copy(out / "mobilenet_025.shard-0-of-3.h5", out / "mobilenet_025.shard-1-of-3.h5")
+    with h5py.File(out / "mobilenet_025.shard-1-of-3.h5", "a") as handle:
+        handle.attrs["shard"] = "1/3"
+    with pytest.raises(HarnessError, match="is in both"):
+        merge_shards(out, "mobilenet_025", "none", 3)
+    with pytest.raises(HarnessError, match="0 <= i < n"):
+        run(train, test, out, shard=(3, 3))
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from features.extract import extract_features
+    from features.weights import WeightsChoice
+    from tests.features_fixtures import image_lists
+    data, out, after = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+
+    def killer():
+        # A real SIGKILL at an arbitrary moment once some parts exist: no cleanup runs.
+        while True:
+            if len(list((out / ".partial").glob("*/train-*.npz"))) >= after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.001)
+
+    threading.Thread(target=killer, daemon=True).start()
+    train, test = image_lists(data)
+    extract_features(train, test, [("mobilenet_025", "none")],
+                     {"mobilenet_025": WeightsChoice(None, "none")}, out, batch_size=2,
+                     progress=False)
+    print("FINISHED")
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, caplog):
+    data = make_dataset(tmp_path / "data", n_train=40, n_test=10)
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    out = tmp_path / "killed"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(script), str(ROOT), str(data), str(out), "4"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert "FINISHED" not in proc.stdout
+    assert not feature_path(out, "mobilenet_025").exists()  # nothing marked complete
+    parts = list((out / ".partial").glob("*/*.npz"))
+    assert 4 <= len(parts) < 25
+    train, test = image_lists(data)
+    caplog.set_level(logging.INFO, logger="features")
+    resumed = run(train, test, out, batch_size=2)
+    assert "resuming:" in caplog.text
+    clean = run(train, test, tmp_path / "clean", batch_size=2)
+    for split in ("train", "test"):
+        a = load_split(resumed.results[0].path, split)
+        b = load_split(clean.results[0].path, split)
+        assert list(a.ids) == list(b.ids)
+        assert_close(a.features, b.features)
+    assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
