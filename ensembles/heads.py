@@ -396,4 +396,5 @@ def make_head(head: str, params: dict[str, Any], *, ensemble: str) -> BaseEstima
     Raises:
         HarnessError: unknown head, unknown parameter or bad value, naming `ensemble`.
     """
-    return HEAD_CLASSES[head](**head_params(head, params, ensemble=ensemble))
+    own = head_params(head, params, ensemble=ensemble)
+    return HEAD_CLASSES[head](**own)
