@@ -144,7 +144,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         def predict(block: np.ndarray) -> np.ndarray:
             if self.standardize:
                 block = (block - self.mean_) / self.scale_
-            return self.model_.predict_proba(block)
+            return self.model_.predict_proba(block).astype(np.float64)
 
         return _chunked(X, predict)
 

@@ -7,6 +7,7 @@ Layout:
     /oof/folds   (n,) int64    the fold each row was held out in
     /test/ids    (m,) str
     /test/proba  (m, k) f64    UNCLIPPED test probabilities (the submission writer clips)
+    /test/failed (m,) bool     test images that could not be read (they get the class prior)
 Root attributes: name, kind, backbones, head, metric, scores, clip (JSON, null = none),
 classes (JSON), fit_seconds, params (JSON), histories (JSON), key (what the predictions
 depend on: features, parameters, folds), complete.
@@ -57,6 +58,7 @@ class EnsembleResult:
     test_proba: np.ndarray
     oof_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     folds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    test_failed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     cv_accuracy_std: float = 0.0
     params: dict = field(default_factory=dict)
     histories: list = field(default_factory=list)
@@ -89,6 +91,9 @@ def save_result(ensembles_dir: Path, result: EnsembleResult) -> Path:
             test.create_dataset("ids", data=np.asarray(result.test_ids, dtype=object),
                                 dtype=STRING)
             test.create_dataset("proba", data=result.test_proba)
+            failed = result.test_failed if len(result.test_failed) else \
+                np.zeros(len(result.test_ids), dtype=bool)
+            test.create_dataset("failed", data=failed.astype(bool))
             attrs = {
                 "name": result.name, "kind": result.kind, "head": result.head,
                 "metric": result.metric, "cv_log_loss": result.cv_log_loss,
@@ -155,6 +160,7 @@ def load_result(ensembles_dir: Path, name: str) -> EnsembleResult:
             oof_ids=_strings(f["oof/ids"]), oof_proba=f["oof/proba"][()],
             oof_labels=f["oof/labels"][()], folds=f["oof/folds"][()],
             test_ids=_strings(f["test/ids"]), test_proba=f["test/proba"][()],
+            test_failed=f["test/failed"][()].astype(bool),
             params=json.loads(a["params"]), histories=json.loads(a["histories"]),
             key=str(a["key"]),
         )

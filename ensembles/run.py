@@ -72,14 +72,14 @@ def _check_classes(matrix: FeatureMatrix, name: str) -> None:
                            "check the competition's classes or the training images")
 
 
-def _prior_for_failed(test: FeatureMatrix, proba: np.ndarray, labels: np.ndarray,
+def _prior_for_failed(failed: np.ndarray, proba: np.ndarray, labels: np.ndarray,
                       n_classes: int, name: str) -> np.ndarray:
     """Test rows whose image failed get the training-class prior instead of a guess."""
-    if test.failed.any():
+    if failed.any():
         prior = np.bincount(labels, minlength=n_classes) / len(labels)
-        proba[test.failed] = prior
+        proba[failed] = prior
         logger.warning("%s: %d test images could not be read; they get the training class "
-                       "prior %s", name, int(test.failed.sum()), np.round(prior, 4).tolist())
+                       "prior %s", name, int(failed.sum()), np.round(prior, 4).tolist())
     return proba
 
 
@@ -109,7 +109,7 @@ def _fit_ensemble(config: Config, ens: EnsembleConfig, policy: str | tuple, key:
         train.X = None  # free the training matrix before the test one is read
         test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name)
         test_proba = model.predict_proba(test.X)
-    test_proba = _prior_for_failed(test, test_proba, train.labels, k, ens.name)
+    test_proba = _prior_for_failed(test.failed, test_proba, train.labels, k, ens.name)
     clip = _clip_for(config, policy, train.labels, out.oof)
     raw = cv.log_loss(train.labels, out.oof)
     return EnsembleResult(
@@ -122,6 +122,7 @@ def _fit_ensemble(config: Config, ens: EnsembleConfig, policy: str | tuple, key:
         clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
         classes=tuple(train.classes), oof_ids=train.ids, oof_proba=out.oof,
         oof_labels=train.labels, folds=folds, test_ids=test.ids, test_proba=test_proba,
+        test_failed=test.failed,
         params={**ens.params, "tta": ens.tta, "fold_log_loss": out.fold_log_loss},
         histories=[h for h in out.histories if h], key=key,
     )
@@ -144,7 +145,8 @@ def _align(member: EnsembleResult, first: EnsembleResult, blend_name: str) -> En
     t = np.array([test_pos[key] for key in first.test_ids], dtype=np.int64)
     aligned = dataclasses.replace(member, oof_ids=first.oof_ids, oof_proba=member.oof_proba[o],
                                   oof_labels=member.oof_labels[o], folds=member.folds[o],
-                                  test_ids=first.test_ids, test_proba=member.test_proba[t])
+                                  test_ids=first.test_ids, test_proba=member.test_proba[t],
+                                  test_failed=member.test_failed[t])
     if not np.array_equal(aligned.folds, first.folds):
         raise HarnessError(f"blend {blend_name!r}: members {first.name!r} and {member.name!r} "
                            "were scored on different folds; rerun `harness ensembles --force`")
@@ -159,6 +161,8 @@ def _fit_blend(config: Config, spec: BlendConfig, members: list[EnsembleResult],
     labels, folds = first.oof_labels, first.folds
     oof, test, info = blend(spec.method, spec.params, [m.oof_proba for m in members],
                             [m.test_proba for m in members], labels, folds)
+    failed = np.logical_or.reduce([m.test_failed for m in members])
+    test = _prior_for_failed(failed, test, labels, len(first.classes), spec.name)
     fold_ll = [cv.log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
     fold_acc = [cv.accuracy(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
     clip = _clip_for(config, policy, labels, oof)
@@ -171,7 +175,7 @@ def _fit_blend(config: Config, spec: BlendConfig, members: list[EnsembleResult],
         cv_accuracy=cv.accuracy(labels, oof), cv_accuracy_std=float(np.std(fold_acc)),
         clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
         classes=first.classes, oof_ids=first.oof_ids, oof_proba=oof, oof_labels=labels,
-        folds=folds, test_ids=first.test_ids, test_proba=test,
+        folds=folds, test_ids=first.test_ids, test_proba=test, test_failed=failed,
         params={**spec.params, "members": list(spec.members), **info}, key=key,
     )
 
@@ -210,10 +214,10 @@ def _closure(names: Sequence[str], ensembles: dict, blends: dict) -> tuple[list,
     known = sorted(ensembles) + sorted(blends)
     want_e: list[str] = []
     want_b: list[str] = []
-    stack = list(names)
+    stack = [(name, None) for name in names]
     seen: set[str] = set()
     while stack:
-        name = stack.pop(0)
+        name, parent = stack.pop(0)
         if name in seen:
             continue
         seen.add(name)
@@ -221,8 +225,8 @@ def _closure(names: Sequence[str], ensembles: dict, blends: dict) -> tuple[list,
             want_e.append(name)
         elif name in blends:
             want_b.append(name)
-            stack.extend(blends[name].members)
-        else:
+            stack.extend((member, name) for member in blends[name].members)
+        elif parent is None:  # unknown blend members are reported by _blend_order
             raise HarnessError(f"unknown ensemble or blend {name!r}; known: "
                                f"{', '.join(known) or 'none'}")
     return [n for n in ensembles if n in want_e], [n for n in blends if n in want_b]
