@@ -7,6 +7,7 @@ feature file's row order never changes which fold an image lands in.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from competition.errors import HarnessError
 from competition.images import natural_key
+from ensembles.heads import chunk_rows
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,9 @@ class CVOutput:
     seconds: float = 0.0
 
 
-def predict_rows(head, X: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def predict_rows(head, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """`head.predict_proba(X[rows])` without materialising X[rows] at once."""
+    chunk = chunk_rows(X.shape[1], X.dtype.itemsize)
     parts = [head.predict_proba(X[rows[i:i + chunk]]) for i in range(0, len(rows), chunk)]
     return np.concatenate(parts, axis=0)
 
@@ -145,6 +148,8 @@ def cross_validate(head, X: np.ndarray, labels: np.ndarray, folds: np.ndarray,
             test_sum = part if test_sum is None else test_sum + part
         logger.debug("%s fold %d: log loss %.4f accuracy %.4f", name, fold, fold_ll[-1],
                      fold_acc[-1])
+        del model
+        gc.collect()  # drop the fold's model (and its Keras graph) before the next one
         if on_fold:
             on_fold(fold)
     return CVOutput(oof=oof, fold_log_loss=fold_ll, fold_accuracy=fold_acc,

@@ -23,7 +23,12 @@ from competition.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 
-CHUNK_ROWS = 4096
+CHUNK_BYTES = 16 * 2**20  # temporaries per chunk: small next to a 6,144-column matrix
+
+
+def chunk_rows(n_columns: int, itemsize: int = 8) -> int:
+    """Rows per chunk so one chunk's float64 temporary stays near CHUNK_BYTES."""
+    return max(64, CHUNK_BYTES // max(1, n_columns * itemsize))
 # Learning rates of Keras 2, whose string optimizers the seed recipe used; Keras 3's
 # Adadelta defaults to 0.001, which barely moves a head in 8 epochs.
 KERAS2_LEARNING_RATES = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01, "rmsprop": 0.001,
@@ -58,7 +63,7 @@ def _encode(head: BaseEstimator, y: Any, n_rows: int) -> np.ndarray:
 
 
 def column_stats(X: np.ndarray, rows: np.ndarray | None = None,
-                 chunk: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and standard deviation (float32) of `X[rows]` (all rows by default),
     accumulated in float64 over row chunks so no float64 copy of X ever exists.
 
@@ -67,6 +72,7 @@ def column_stats(X: np.ndarray, rows: np.ndarray | None = None,
     total = np.zeros(X.shape[1], dtype=np.float64)
     squares = np.zeros(X.shape[1], dtype=np.float64)
     n = len(X) if rows is None else len(rows)
+    chunk = chunk or chunk_rows(X.shape[1])
     for start in range(0, n, chunk):
         part = slice(start, start + chunk) if rows is None else rows[start:start + chunk]
         block = X[part].astype(np.float64)
@@ -79,7 +85,8 @@ def column_stats(X: np.ndarray, rows: np.ndarray | None = None,
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def _chunked(X: np.ndarray, predict, chunk: int = CHUNK_ROWS) -> np.ndarray:
+def _chunked(X: np.ndarray, predict) -> np.ndarray:
+    chunk = chunk_rows(X.shape[1])
     parts = [predict(X[start:start + chunk]) for start in range(0, len(X), chunk)]
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float64)
 
