@@ -1,0 +1,133 @@
+"""Speed and memory of the ensemble stage on synthetic features with class structure.
+
+Writes 3 backbones x 2048 float32 columns (like ResNet50 + InceptionV3 + Xception) for
+--rows training rows and --rows/2 test rows in the feature-store layout, then runs 5-fold
+CV of `all3-logreg` and `all3-dropout` each in its own subprocess (so each peak RSS is its
+own) and prints seconds per ensemble and peak RSS as a ratio of the training matrix.
+
+    python bench/ensembles.py --rows 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKBONES = {"resnet50": 2048, "inception_v3": 2048, "xception": 2048}
+CONFIG = """competition = "demo"
+workspace = "work"
+[features]
+backbones = ["resnet50", "inception_v3", "xception"]
+[cv]
+folds = 5
+[ensembles.all3-logreg]
+backbones = ["resnet50", "inception_v3", "xception"]
+head = "logreg"
+[ensembles.all3-dropout]
+backbones = ["resnet50", "inception_v3", "xception"]
+head = "dropout"
+epochs = 8
+optimizer = "adam"
+learning_rate = 0.001
+standardize = true
+"""
+
+
+def write_features(features_dir: Path, rows: int, test_rows: int, seed: int = 0) -> None:
+    """Synthetic GAP-like features: class means in a low-rank subspace plus noise."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, rows)
+    test_labels = rng.integers(0, 2, test_rows)
+    string = h5py.string_dtype()
+    features_dir.mkdir(parents=True, exist_ok=True)
+    for name, width in BACKBONES.items():
+        direction = rng.normal(0, 0.03, width).astype(np.float32)
+        with h5py.File(features_dir / f"{name}.h5", "w") as f:
+            for split, n, y in (("train", rows, labels), ("test", test_rows, test_labels)):
+                group = f.create_group(split)
+                data = group.create_dataset("features", (n, width), dtype="float32")
+                for start in range(0, n, 2048):
+                    stop = min(n, start + 2048)
+                    block = rng.standard_normal((stop - start, width), dtype=np.float32)
+                    block += np.outer(2 * y[start:stop] - 1, direction).astype(np.float32)
+                    data[start:stop] = block + 1.0
+                ids = [f"{split[0]}{i}" for i in range(1, n + 1)]
+                group.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=string)
+                if split == "train":
+                    group.create_dataset("labels", data=y.astype(np.int64))
+                else:
+                    group.create_dataset("failed", shape=(0, 2), dtype=string)
+            f.attrs.update({"backbone": name, "feature_dim": width, "weights": "synthetic",
+                            "tta": "none", "classes": json.dumps(["circle", "square"]),
+                            "fingerprint": f"bench-{rows}", "complete": True})
+
+
+def child(config_path: str, name: str) -> None:
+    """Run one ensemble; print a JSON line with seconds and RSS (MiB)."""
+    sys.path.insert(0, str(ROOT))
+    import keras  # noqa: F401 - import cost is part of the baseline, not of the ensemble
+    import sklearn.linear_model  # noqa: F401
+
+    from competition.config import load_config
+    from ensembles.run import run_ensembles
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    config = load_config(Path(config_path))
+    start = time.perf_counter()
+    (result,) = run_ensembles(config, names=[name], force=True, progress=False)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"name": name, "seconds": seconds, "baseline_mib": baseline,
+                      "peak_mib": peak, "cv_log_loss": result.cv_log_loss,
+                      "cv_accuracy": result.cv_accuracy}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=25_000)
+    parser.add_argument("--test-rows", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    test_rows = args.rows // 2 if args.test_rows is None else args.test_rows
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+           "OPENBLAS_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TF_NUM_INTRAOP_THREADS": str(args.threads), "TF_NUM_INTEROP_THREADS": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "harness.toml").write_text(CONFIG)
+        write_features(root / "work" / "features", args.rows, test_rows)
+        matrix_mib = args.rows * sum(BACKBONES.values()) * 4 / 2**20
+        test_mib = test_rows * sum(BACKBONES.values()) * 4 / 2**20
+        print(f"train matrix {args.rows} x {sum(BACKBONES.values())} float32 = "
+              f"{matrix_mib:.0f} MiB; test {test_rows} rows = {test_mib:.0f} MiB; "
+              f"{args.threads} threads")
+        print(f"{'ensemble':<14}{'seconds':>9}{'peak MiB':>10}{'above imports':>15}"
+              f"{'ratio':>7}{'log loss':>10}{'acc':>7}")
+        for name in ("all3-logreg", "all3-dropout"):
+            out = subprocess.run([sys.executable, __file__, "--child", str(root / "harness.toml"),
+                                  name], env=env, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            above = r["peak_mib"] - r["baseline_mib"]
+            print(f"{name:<14}{r['seconds']:>9.1f}{r['peak_mib']:>10.0f}{above:>15.0f}"
+                  f"{above / matrix_mib:>7.2f}{r['cv_log_loss']:>10.4f}{r['cv_accuracy']:>7.3f}")
+        print("ratio = (peak RSS - RSS after importing keras and sklearn) / train matrix size")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Blends of ensembles' predictions: `mean`, `weights` and `stack`.
+
+`weights` and `stack` learn from out-of-fold predictions, so their own CV score is
+cross-validated on the same folds: for each fold, the weights (or the stacker) are fitted
+on the other folds' out-of-fold rows and applied to this fold. The final weights (or
+stacker) are fitted on all out-of-fold rows and applied to the members' test predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.linear_model import LogisticRegression
+
+from competition.errors import HarnessError
+from ensembles.cv import EPS, log_loss
+
+logger = logging.getLogger(__name__)
+
+BLEND_PARAMS = {"mean": {}, "weights": {}, "stack": {"C": "a positive number"}}
+
+
+def check_blend_params(name: str, method: str, params: dict[str, Any]) -> None:
+    """Raises HarnessError for unknown or bad parameters of blend `name`."""
+    known = BLEND_PARAMS.get(method, {})
+    for key, value in params.items():
+        if key == "clip":  # consumed by the run stage, like an ensemble's clip
+            continue
+        if key not in known:
+            raise HarnessError(f"blend {name!r}: unknown parameter {key!r} for method "
+                               f"{method!r}; known: {', '.join(['clip', *known])}")
+        if key == "C" and not (isinstance(value, (int, float)) and value > 0):
+            raise HarnessError(f"blend {name!r}: C = {value!r} must be a positive number")
+
+
+def fit_weights(probas: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to 1 that minimise the log loss of the weighted mean."""
+    m = len(probas)
+    picked = np.stack([p[np.arange(len(labels)), labels] for p in probas], axis=1)
+
+    def loss(w: np.ndarray) -> float:
+        return float(-np.mean(np.log(np.clip(picked @ w, EPS, 1.0))))
+
+    result = minimize(loss, np.full(m, 1.0 / m), method="SLSQP", bounds=[(0.0, 1.0)] * m,
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+    weights = np.clip(result.x, 0.0, None)
+    return weights / weights.sum()
+
+
+def _logits(probas: list[np.ndarray]) -> np.ndarray:
+    """Stacking inputs: the logit of the positive class (binary) or log-probabilities
+    (multiclass), one block per member."""
+    blocks = []
+    for p in probas:
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        blocks.append(np.log(p[:, 1:] / p[:, :1]) if p.shape[1] == 2 else np.log(p))
+    return np.hstack(blocks)
+
+
+def _combine(method: str, params: dict, train: list[np.ndarray], labels: np.ndarray,
+             apply: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+    if method == "mean":
+        return np.mean(apply, axis=0), {}
+    if method == "weights":
+        w = fit_weights(train, labels)
+        return np.tensordot(w, np.stack(apply), axes=1), {"weights": w.tolist()}
+    stacker = LogisticRegression(C=float(params.get("C", 1.0)), max_iter=1000)
+    stacker.fit(_logits(train), labels)
+    proba = np.zeros((len(apply[0]), apply[0].shape[1]))
+    proba[:, stacker.classes_] = stacker.predict_proba(_logits(apply))
+    return proba, {}
+
+
+def blend(method: str, params: dict, oofs: list[np.ndarray], tests: list[np.ndarray],
+          labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Blend members' predictions (all aligned on the same ids).
+
+    Returns:
+        (out-of-fold probabilities, test probabilities, info such as fitted weights).
+    """
+    oof = np.zeros_like(oofs[0])
+    for fold in np.unique(folds):
+        fit_rows, held = folds != fold, folds == fold
+        oof[held], _ = _combine(method, params, [p[fit_rows] for p in oofs], labels[fit_rows],
+                                [p[held] for p in oofs])
+    test, info = _combine(method, params, oofs, labels, tests)
+    logger.debug("blend %s: oof log loss %.4f %s", method, log_loss(labels, oof), info)
+    return oof, test, info

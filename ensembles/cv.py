@@ -1,0 +1,158 @@
+"""One set of stratified folds, out-of-fold predictions, scores and clip bounds.
+
+Every ensemble and blend is scored on the same folds (config.cv.folds, config.cv.seed),
+so their scores are comparable. Folds are assigned on the ids in natural order, so a
+feature file's row order never changes which fold an image lands in.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from competition.errors import HarnessError
+from competition.images import natural_key
+from ensembles.heads import chunk_rows
+
+logger = logging.getLogger(__name__)
+
+EPS = 1e-15
+# Candidate symmetric clip bounds e (clip to [e, 1 - e]); Kaggle itself clips at 1e-15.
+CLIP_GRID = np.concatenate([np.geomspace(1e-6, 0.2, 240)])
+
+
+def make_folds(ids: np.ndarray, labels: np.ndarray, n_folds: int, seed: int, *,
+               what: str = "training set") -> np.ndarray:
+    """The fold (0..n_folds-1) of every row, stratified by label.
+
+    Raises:
+        HarnessError: a single class, or a class with fewer rows than folds.
+    """
+    counts = np.bincount(labels)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise HarnessError(f"{what} has a single class ({len(labels)} rows of class index "
+                           f"{present.tolist()}); a classifier needs at least two classes")
+    if counts[present].min() < n_folds:
+        raise HarnessError(f"{what}: the smallest class has {counts[present].min()} rows, "
+                           f"fewer than [cv] folds = {n_folds}; lower folds")
+    order = sorted(range(len(ids)), key=lambda row: natural_key(str(ids[row])))
+    order = np.asarray(order, dtype=np.int64)
+    folds = np.empty(len(ids), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(order)), labels[order])):
+        folds[order[held]] = fold
+    return folds
+
+
+def log_loss(labels: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (natural log), Kaggle-style:
+    rows renormalised and probabilities clipped at 1e-15."""
+    proba = np.clip(proba, EPS, 1 - EPS)
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    return float(-np.mean(np.log(proba[np.arange(len(labels)), labels])))
+
+
+def accuracy(labels: np.ndarray, proba: np.ndarray) -> float:
+    """Share of rows whose most probable class is the true one."""
+    return float(np.mean(np.argmax(proba, axis=1) == labels))
+
+
+def apply_clip(proba: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+    """Probabilities clipped to [low, high] (no-op for None)."""
+    return proba if clip is None else np.clip(proba, clip[0], clip[1])
+
+
+def choose_clip(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
+    """The symmetric bounds [e, 1 - e] minimising out-of-fold log loss over CLIP_GRID."""
+    losses = [log_loss(labels, apply_clip(proba, (e, 1 - e))) for e in CLIP_GRID]
+    best = float(CLIP_GRID[int(np.argmin(losses))])
+    return (best, 1.0 - best)
+
+
+@dataclass
+class CVOutput:
+    """What cross-validating one head gives.
+
+    Attributes:
+        oof: (n, k) out-of-fold probabilities aligned with the training rows.
+        fold_log_loss, fold_accuracy: One score per fold.
+        histories: Per fold, the head's `history_` (Keras head) or None.
+        test: (m, k) test probabilities (fold-mean) or None (refit happens later).
+        seconds: Wall time of the folds.
+    """
+
+    oof: np.ndarray
+    fold_log_loss: list[float]
+    fold_accuracy: list[float]
+    histories: list[dict | None] = field(default_factory=list)
+    test: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+def predict_rows(head, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`head.predict_proba(X[rows])` without materialising X[rows] at once."""
+    chunk = chunk_rows(X.shape[1], X.dtype.itemsize)
+    parts = [head.predict_proba(X[rows[i:i + chunk]]) for i in range(0, len(rows), chunk)]
+    return np.concatenate(parts, axis=0)
+
+
+def cross_validate(head, X: np.ndarray, labels: np.ndarray, folds: np.ndarray,
+                   n_classes: int, *, test_X: np.ndarray | None = None,
+                   name: str = "", progress: bool = True,
+                   on_fold: Callable[[int], None] | None = None) -> CVOutput:
+    """Fit a clone of `head` on all folds but one, predict the held-out fold; repeat.
+
+    Each fold's training rows are one fresh copy that the head may standardise in
+    place (LogisticHead copy=False); held-out rows are predicted in chunks.
+
+    Args:
+        test_X: When given, each fold model also predicts it and `test` is their mean.
+    """
+    n_folds = int(folds.max()) + 1
+    oof = np.full((len(labels), n_classes), np.nan)
+    fold_ll, fold_acc, histories = [], [], []
+    test_sum = None
+    start = time.perf_counter()
+    for fold in tqdm(range(n_folds), desc=f"{name} folds", unit="fold", disable=not progress,
+                     leave=False):
+        train_rows = np.flatnonzero(folds != fold)
+        held_rows = np.flatnonzero(folds == fold)
+        if len(np.unique(labels[train_rows])) < n_classes:
+            raise HarnessError(f"ensemble {name!r}: fold {fold} lacks a class in its training "
+                               "rows; lower [cv] folds")
+        model = clone(head)
+        if "copy" in model.get_params():
+            model.set_params(copy=False)
+        X_train = X[train_rows]
+        kwargs = {}
+        if "validation_split" in model.get_params():
+            kwargs["monitor"] = (X[held_rows], labels[held_rows])
+        model.fit(X_train, labels[train_rows], **kwargs)
+        del X_train, kwargs
+        proba = predict_rows(model, X, held_rows)
+        oof[held_rows] = proba
+        fold_ll.append(log_loss(labels[held_rows], proba))
+        fold_acc.append(accuracy(labels[held_rows], proba))
+        histories.append(getattr(model, "history_", None))
+        if test_X is not None:
+            part = predict_rows(model, test_X, np.arange(len(test_X)))
+            test_sum = part if test_sum is None else test_sum + part
+        logger.debug("%s fold %d: log loss %.4f accuracy %.4f", name, fold, fold_ll[-1],
+                     fold_acc[-1])
+        del model
+        gc.collect()  # drop the fold's model (and its Keras graph) before the next one
+        if on_fold:
+            on_fold(fold)
+    return CVOutput(oof=oof, fold_log_loss=fold_ll, fold_accuracy=fold_acc,
+                    histories=histories,
+                    test=None if test_sum is None else test_sum / n_folds,
+                    seconds=time.perf_counter() - start)

@@ -1,0 +1,407 @@
+"""Classifier heads over cached features, all with the scikit-learn estimator contract.
+
+`__init__` only stores parameters, `fit(X, y)` returns self, learned state ends in `_`
+(`classes_`, `n_features_in_`), `predict_proba(X)` returns one column per class in
+`classes_` order. Cross-validation, blending and the CLI never care which head they hold.
+
+Both heads avoid float64 or full-size copies of the feature matrix: statistics are
+accumulated in row chunks, the Keras head folds standardisation into the model and feeds
+batches from the caller's array, and predictions are made chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from competition.errors import HarnessError
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 16 * 2**20  # temporaries per chunk: small next to a 6,144-column matrix
+
+
+def chunk_rows(n_columns: int, itemsize: int = 8) -> int:
+    """Rows per chunk so one chunk's float64 temporary stays near CHUNK_BYTES."""
+    return max(64, CHUNK_BYTES // max(1, n_columns * itemsize))
+# Learning rates of Keras 2, whose string optimizers the seed recipe used; Keras 3's
+# Adadelta defaults to 0.001, which barely moves a head in 8 epochs.
+KERAS2_LEARNING_RATES = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01, "rmsprop": 0.001,
+                         "adagrad": 0.01, "nadam": 0.002}
+# Parameters the run stage consumes itself (not the head); allowed in every ensemble table.
+RUN_PARAMS = {"clip": "clip bounds: \"auto\", \"none\" or [low, high]",
+              "preset": "a built-in ensemble whose parameters this table extends"}
+
+
+def _check_X(head: BaseEstimator, X: Any, *, fitted: bool) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"{type(head).__name__} expects a 2-D feature matrix, got shape "
+                         f"{X.shape}")
+    if X.dtype != np.float32:
+        X = X.astype(np.float32)
+    if fitted and X.shape[1] != head.n_features_in_:
+        raise ValueError(f"X has {X.shape[1]} features, but {type(head).__name__} was fitted "
+                         f"with {head.n_features_in_}")
+    return X
+
+
+def _encode(head: BaseEstimator, y: Any, n_rows: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n_rows,):
+        raise ValueError(f"y has shape {y.shape}, but X has {n_rows} rows")
+    head.classes_, codes = np.unique(y, return_inverse=True)
+    if len(head.classes_) < 2:
+        raise ValueError(f"{type(head).__name__} needs at least 2 classes in y, got "
+                         f"{len(head.classes_)} ({head.classes_.tolist()})")
+    return codes.astype(np.int64)
+
+
+def column_stats(X: np.ndarray, rows: np.ndarray | None = None,
+                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and standard deviation (float32) of `X[rows]` (all rows by default),
+    accumulated in float64 over row chunks so no float64 copy of X ever exists.
+
+    Constant columns get a scale of 1 so standardising never divides by zero.
+    """
+    total = np.zeros(X.shape[1], dtype=np.float64)
+    squares = np.zeros(X.shape[1], dtype=np.float64)
+    n = len(X) if rows is None else len(rows)
+    chunk = chunk or chunk_rows(X.shape[1])
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk) if rows is None else rows[start:start + chunk]
+        block = X[part].astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.einsum("ij,ij->j", block, block)
+    mean = total / max(n, 1)
+    var = np.maximum(squares / max(n, 1) - mean**2, 0.0)
+    scale = np.sqrt(var)
+    scale[scale < 1e-12] = 1.0
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def _chunked(X: np.ndarray, predict) -> np.ndarray:
+    chunk = chunk_rows(X.shape[1])
+    parts = [predict(X[start:start + chunk]) for start in range(0, len(X), chunk)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float64)
+
+
+class LogisticHead(ClassifierMixin, BaseEstimator):
+    """Multinomial (or binary) logistic regression on float32 features.
+
+    Args:
+        C: Inverse L2 strength; a list of values chooses one by an inner 3-fold CV on the
+            training rows only (LogisticRegressionCV, scored by log loss).
+        standardize: Scale each column to zero mean and unit variance first (statistics
+            from the training rows; stored as `mean_` and `scale_`).
+        max_iter, tol: L-BFGS limits.
+        copy: False lets `fit` standardise `X` in place (the caller's array changes); the
+            cross-validation loop passes fresh fold copies with copy=False so a 6,144-column
+            matrix is never duplicated.
+        seed: Seed of the inner CV folds for a C grid.
+    """
+
+    def __init__(self, C: float | list[float] = 1.0, standardize: bool = True,
+                 max_iter: int = 1000, tol: float = 1e-4, copy: bool = True, seed: int = 0):
+        self.C = C
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.copy = copy
+        self.seed = seed
+
+    def fit(self, X: Any, y: Any) -> LogisticHead:
+        """Fit on `X` (n, d) and labels `y` (n,); returns self."""
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold
+
+        X = _check_X(self, X, fitted=False)
+        codes = _encode(self, y, len(X))
+        self.n_features_in_ = X.shape[1]
+        if self.standardize:
+            self.mean_, self.scale_ = column_stats(X)
+            if self.copy or not X.flags.writeable:
+                X = X.copy()
+            X -= self.mean_
+            X /= self.scale_
+        if isinstance(self.C, (list, tuple)):
+            folds = StratifiedKFold(3, shuffle=True, random_state=self.seed)
+            model = LogisticRegressionCV(Cs=[float(c) for c in self.C], cv=folds,
+                                         scoring="neg_log_loss", max_iter=self.max_iter,
+                                         tol=self.tol)
+            model.fit(X, codes)
+            self.C_ = float(np.ravel(model.C_)[0])
+        else:
+            model = LogisticRegression(C=float(self.C), max_iter=self.max_iter, tol=self.tol)
+            model.fit(X, codes)
+            self.C_ = float(self.C)
+        self.model_ = model
+        self.n_iter_ = int(np.max(model.n_iter_))
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, (n, len(classes_)), in `classes_` order."""
+        X = _check_X(self, X, fitted=True)
+
+        def predict(block: np.ndarray) -> np.ndarray:
+            if self.standardize:
+                block = (block - self.mean_) / self.scale_
+            return self.model_.predict_proba(block).astype(np.float64)
+
+        return _chunked(X, predict)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+class DropoutHead(ClassifierMixin, BaseEstimator):
+    """Keras `Dropout(rate) -> Dense(1, sigmoid)` (Dense(k, softmax) for k > 2 classes).
+
+    Args:
+        dropout: Dropout rate on the input features.
+        epochs: Training epochs (the maximum when early stopping is on).
+        optimizer: A Keras optimizer name (adadelta, adam, sgd, rmsprop, adagrad, nadam).
+        learning_rate: None means Keras 2's default for that optimizer (adadelta 1.0), as
+            the seed recipe's `optimizer="adadelta"` meant.
+        batch_size: Rows per gradient step.
+        validation_split: Fraction of the training rows held out (stratified) from the fit,
+            as Keras' `validation_split` did in the seed recipe; needed for early stopping.
+        early_stopping: Patience in epochs on the held-out loss (0 = off); the best
+            epoch's weights are restored.
+        standardize: Fold column standardisation into the model (a Normalization layer),
+            so the training data is never copied.
+        seed: Seeds Keras (weights, dropout, shuffling) and the validation split.
+
+    `history_` holds per-epoch lists: loss, accuracy (training), and val_loss,
+    val_accuracy when there is a validation split or `fit(..., monitor=(X, y))` data.
+    """
+
+    def __init__(self, dropout: float = 0.5, epochs: int = 8, optimizer: str = "adadelta",
+                 learning_rate: float | None = None, batch_size: int = 128,
+                 validation_split: float = 0.0, early_stopping: int = 0,
+                 standardize: bool = False, seed: int = 0):
+        self.dropout = dropout
+        self.epochs = epochs
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.validation_split = validation_split
+        self.early_stopping = early_stopping
+        self.standardize = standardize
+        self.seed = seed
+
+    def _build(self, n_features: int, n_classes: int):
+        import keras
+
+        inputs = keras.Input((n_features,), dtype="float32")
+        x = inputs
+        if self.standardize:
+            x = keras.layers.Normalization(mean=self.mean_, variance=self.scale_**2)(x)
+        x = keras.layers.Dropout(self.dropout, seed=self.seed)(x)
+        if n_classes == 2:
+            outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+            loss = "binary_crossentropy"
+        else:
+            outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
+            loss = "sparse_categorical_crossentropy"
+        model = keras.Model(inputs, outputs)
+        rate = self.learning_rate
+        if rate is None:
+            rate = KERAS2_LEARNING_RATES[self.optimizer]
+        optimizer = keras.optimizers.get({"class_name": self.optimizer,
+                                          "config": {"learning_rate": float(rate)}})
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        return model
+
+    def fit(self, X: Any, y: Any, monitor: tuple[Any, Any] | None = None) -> DropoutHead:
+        """Fit on `X` (n, d) and labels `y`; returns self.
+
+        Args:
+            monitor: Optional (X, y) scored after every epoch for the learning curves
+                only (cross-validation passes the held-out fold); it never steers training.
+        """
+        import keras
+
+        X = _check_X(self, X, fitted=False)
+        codes = _encode(self, y, len(X))
+        self.n_features_in_ = X.shape[1]
+        keras.utils.set_random_seed(int(self.seed))
+        rows = np.arange(len(X))
+        val_rows = np.zeros(0, dtype=np.int64)
+        if self.validation_split > 0:
+            from sklearn.model_selection import train_test_split
+
+            rows, val_rows = train_test_split(rows, test_size=self.validation_split,
+                                              stratify=codes, random_state=self.seed)
+        if self.standardize:
+            self.mean_, self.scale_ = column_stats(X, np.sort(rows))
+        model = self._build(X.shape[1], len(self.classes_))
+        target = codes.astype(np.float32) if len(self.classes_) == 2 else codes
+        batches = _batches_class()(X, target, rows, int(self.batch_size), int(self.seed))
+        callbacks: list = []
+        validation = None
+        if len(val_rows):
+            validation = _batches_class()(X, target, np.sort(val_rows), 4096, None)
+            if self.early_stopping:
+                callbacks.append(keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=int(self.early_stopping),
+                    restore_best_weights=True))
+        elif monitor is not None:
+            callbacks.append(_Monitor(self, *monitor))
+        history = model.fit(batches, validation_data=validation, epochs=int(self.epochs),
+                            callbacks=callbacks, verbose=0)
+        self.history_ = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        self.model_ = model
+        self.n_epochs_ = len(self.history_.get("loss", []))
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, (n, len(classes_)), in `classes_` order."""
+        X = _check_X(self, X, fitted=True)
+
+        def predict(block: np.ndarray) -> np.ndarray:
+            out = np.asarray(self.model_(block, training=False), dtype=np.float64)
+            if out.shape[1] == 1:
+                out = np.hstack([1.0 - out, out])
+            return out
+
+        return _chunked(X, predict)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+@functools.cache
+def _batches_class() -> type:
+    """keras.utils.PyDataset subclass, built on first use so importing heads stays light."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        """Feeds batches straight from the caller's array: Keras' array adapter copies the
+        whole matrix into a tensor (measured: +2x the data); this copies one batch."""
+
+        def __init__(self, X, y, rows, batch_size, seed):
+            super().__init__()
+            self.X, self.y, self.rows, self.batch_size = X, y, np.asarray(rows), batch_size
+            self.rng = None if seed is None else np.random.default_rng(seed)
+            self.order = self.rows.copy()
+            self.on_epoch_end()
+
+        def __len__(self):
+            return math.ceil(len(self.rows) / self.batch_size)
+
+        def __getitem__(self, index):
+            take = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+            return self.X[take], self.y[take]
+
+        def on_epoch_end(self):
+            if self.rng is not None:
+                self.order = self.rng.permutation(self.rows)
+
+    return Batches
+
+
+def _Monitor(head: DropoutHead, X: Any, y: Any):  # noqa: N802 - behaves like a class
+    """A Keras callback adding val_loss/val_accuracy on (X, y) to the logs each epoch."""
+    import keras
+    from sklearn.metrics import log_loss
+
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y)
+    codes = np.searchsorted(head.classes_, y)
+
+    class Monitor(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            head.model_ = self.model
+            proba = head.predict_proba(X)
+            logs["val_loss"] = float(log_loss(codes, proba, labels=range(proba.shape[1])))
+            logs["val_accuracy"] = float(np.mean(np.argmax(proba, axis=1) == codes))
+
+    return Monitor()
+
+
+# --- parameter validation ----------------------------------------------------------------
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+CHECKS: dict[str, dict[str, tuple]] = {
+    "logreg": {
+        "C": (lambda v: _positive_number(v) or (isinstance(v, list) and v
+                                                and all(_positive_number(c) for c in v)),
+              "a positive number or a non-empty list of them"),
+        "standardize": (lambda v: isinstance(v, bool), "true or false"),
+        "max_iter": (_positive_int, "a positive integer"),
+        "tol": (_positive_number, "a positive number"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    },
+    "dropout": {
+        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and 0 <= v < 1, "a number in [0, 1)"),
+        "epochs": (_positive_int, "a positive integer"),
+        "optimizer": (lambda v: v in KERAS2_LEARNING_RATES,
+                      "one of " + ", ".join(KERAS2_LEARNING_RATES)),
+        "learning_rate": (_positive_number, "a positive number"),
+        "batch_size": (_positive_int, "a positive integer"),
+        "validation_split": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                             and 0 <= v < 1, "a number in [0, 1)"),
+        "early_stopping": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                           "a patience in epochs (0 = off)"),
+        "standardize": (lambda v: isinstance(v, bool), "true or false"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    },
+}
+HEAD_CLASSES = {"logreg": LogisticHead, "dropout": DropoutHead}
+
+
+def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str, Any]:
+    """The head's own parameters from an ensemble's params, validated.
+
+    Raises:
+        HarnessError: unknown head, unknown key (naming the ensemble, the key and the
+            known keys) or a bad value.
+    """
+    if head not in CHECKS:
+        raise HarnessError(f"ensemble {ensemble!r}: unknown head {head!r}; known: "
+                           f"{', '.join(CHECKS)}")
+    checks = CHECKS[head]
+    known = sorted(set(checks) | set(RUN_PARAMS))
+    own = {}
+    for key, value in params.items():
+        if key in RUN_PARAMS:
+            continue
+        if key not in checks:
+            raise HarnessError(f"ensemble {ensemble!r}: unknown parameter {key!r} for head "
+                               f"{head!r}; known: {', '.join(known)}")
+        test, expected = checks[key]
+        if not test(value):
+            raise HarnessError(f"ensemble {ensemble!r}: {key} = {value!r} must be {expected}")
+        own[key] = value
+    if head == "dropout" and own.get("early_stopping") and not own.get("validation_split"):
+        raise HarnessError(f"ensemble {ensemble!r}: early_stopping needs a validation_split "
+                           "(e.g. 0.1) to watch; set one or early_stopping = 0")
+    return own
+
+
+def make_head(head: str, params: dict[str, Any], *, ensemble: str) -> BaseEstimator:
+    """A fresh, unfitted head of kind `head` ("logreg" | "dropout") with `params`.
+
+    Keys the run stage consumes (`clip`, `preset`) are accepted and ignored here.
+
+    Raises:
+        HarnessError: unknown head, unknown parameter or bad value, naming `ensemble`.
+    """
+    own = head_params(head, params, ensemble=ensemble)
+    return HEAD_CLASSES[head](**own)

@@ -1,0 +1,158 @@
+"""The comparison table of ensembles and blends, as CSV, Markdown and PNG plots."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ensembles.results import EnsembleResult
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ["name", "kind", "backbones", "head", "cv_log_loss", "cv_log_loss_std",
+           "cv_log_loss_clipped", "cv_accuracy", "clip", "fit_seconds", "reused"]
+
+
+def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
+    """One row per result, best CV score first (clipped log loss ascending, or accuracy
+    descending for accuracy competitions)."""
+    rows = [{
+        "name": r.name, "kind": r.kind, "backbones": "+".join(r.backbones), "head": r.head,
+        "cv_log_loss": r.cv_log_loss, "cv_log_loss_std": r.cv_log_loss_std,
+        "cv_log_loss_clipped": r.cv_log_loss_clipped, "cv_accuracy": r.cv_accuracy,
+        "clip": "none" if r.clip is None else f"[{r.clip[0]:.4g}, {r.clip[1]:.4g}]",
+        "fit_seconds": round(r.fit_seconds, 1), "reused": r.reused,
+    } for r in results]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    if results and results[0].metric == "accuracy":
+        return table.sort_values(["cv_accuracy", "cv_log_loss"], ascending=[False, True],
+                                 ignore_index=True)
+    return table.sort_values(["cv_log_loss_clipped", "name"], ignore_index=True)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A Markdown table (what the CLI prints and report.md holds)."""
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def plot_history(result: EnsembleResult, path: Path) -> Path | None:
+    """Training and validation loss/accuracy per epoch, one line per fold (Keras head)."""
+    histories = [h for h in result.histories if h]
+    if not histories:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for fold, history in enumerate(histories):
+            color = f"C{fold % 10}"
+            if metric in history:
+                epochs = np.arange(1, len(history[metric]) + 1)
+                ax.plot(epochs, history[metric], color=color, label=f"fold {fold} train")
+            if f"val_{metric}" in history:
+                epochs = np.arange(1, len(history[f"val_{metric}"]) + 1)
+                ax.plot(epochs, history[f"val_{metric}"], color=color, linestyle="--",
+                        label=f"fold {fold} validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result.name}: training (solid) and validation (dashed) per fold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path:
+    """Out-of-fold reliability diagram: predicted probability vs observed frequency
+    (binary: the positive class; multiclass: the top class's confidence vs correctness)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    proba, labels = result.oof_proba, result.oof_labels
+    if proba.shape[1] == 2:
+        score, truth, what = proba[:, 1], labels == 1, f"P({result.classes[1]})"
+    else:
+        score = proba.max(axis=1)
+        truth, what = np.argmax(proba, axis=1) == labels, "top-class confidence"
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(score, edges) - 1, 0, bins - 1)
+    centers, freqs, counts = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            centers.append(score[mask].mean())
+            freqs.append(truth[mask].mean())
+            counts.append(int(mask.sum()))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    ax.plot(centers, freqs, marker="o", label="out of fold")
+    for x, y, n in zip(centers, freqs, counts):
+        ax.annotate(str(n), (x, y), fontsize=7, textcoords="offset points", xytext=(3, -9))
+    ax.set_xlabel(f"predicted {what}")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(f"{result.name}: reliability (CV log loss {result.cv_log_loss:.4f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: Sequence[EnsembleResult], ensembles_dir: Path) -> dict[str, Path]:
+    """Write report.csv, report.md and plots/<name>-{reliability,history}.png.
+
+    Returns:
+        {"csv": path, "markdown": path, "<name>-reliability": path, ...}.
+    """
+    ensembles_dir = Path(ensembles_dir)
+    plots = ensembles_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    table = report_table(results)
+    paths: dict[str, Path] = {}
+    csv_path = ensembles_dir / "report.csv"
+    _atomic_write(csv_path, table.to_csv(index=False))
+    paths["csv"] = csv_path
+    md_path = ensembles_dir / "report.md"
+    _atomic_write(md_path, "# Ensembles, sorted by CV score\n\n" + format_table(table) + "\n")
+    paths["markdown"] = md_path
+    for result in results:
+        base = _safe(result.name)
+        paths[f"{result.name}-reliability"] = plot_reliability(
+            result, plots / f"{base}-reliability.png")
+        history = plot_history(result, plots / f"{base}-history.png")
+        if history:
+            paths[f"{result.name}-history"] = history
+    logger.info("report written to %s and %s (%d plots)", csv_path, md_path, len(paths) - 2)
+    return paths

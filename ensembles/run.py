@@ -1,0 +1,335 @@
+"""Run the configured ensembles and blends: CV scores, clip bounds, saved predictions.
+
+Only what changed runs again: each result is saved with a key made of its features'
+identity (fingerprint, weights, ...), its parameters, the folds and the clip policy;
+a saved result with the same key is reused. Blends' keys include their members' keys, so
+changing one ensemble refits it and the blends that use it, nothing else.
+
+Test predictions (config.cv.test_predictions):
+    "refit" (the default): one more fit of the head on all training rows predicts the
+        test set. It sees 100% of the data instead of (k-1)/k, which is what the seed
+        recipe did and usually scores slightly better; it costs one extra fit.
+    "fold-mean": the mean of the k fold models' test predictions; no extra fit, and a
+        small variance reduction, but each model saw less data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import clone
+from tqdm import tqdm
+
+from competition.config import BlendConfig, Config, EnsembleConfig
+from competition.errors import HarnessError
+from ensembles import cv
+from ensembles.blend import blend, check_blend_params
+from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
+from ensembles.heads import head_params, make_head
+from ensembles.presets import default_ensembles, resolve_preset
+from ensembles.report import format_table, report_table, write_report
+from ensembles.results import EnsembleResult, load_result, save_result, saved_key
+
+logger = logging.getLogger(__name__)
+
+# Bump when a change in this stage changes predictions, so old results are not reused.
+ALGORITHM_VERSION = 1
+
+
+def _clip_policy(config: Config, params: dict[str, Any], name: str) -> str | tuple:
+    """The clip setting for one ensemble: its own `clip` param, else [submission] clip."""
+    value = params.get("clip", config.submission.clip)
+    if value in ("auto", "none"):
+        return value
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) for v in value) and 0 <= value[0] < value[1] <= 1):
+        return (float(value[0]), float(value[1]))
+    raise HarnessError(f"ensemble {name!r}: clip = {value!r} must be \"auto\", \"none\" or "
+                       "[low, high] with 0 <= low < high <= 1")
+
+
+def _clip_for(config: Config, policy: str | tuple, labels: np.ndarray,
+              oof: np.ndarray) -> tuple[float, float] | None:
+    if config.spec.metric == "accuracy" or policy == "none":
+        return None
+    if policy == "auto":
+        return cv.choose_clip(labels, oof)
+    return policy
+
+
+def _check_classes(matrix: FeatureMatrix, name: str) -> None:
+    counts = np.bincount(matrix.labels, minlength=len(matrix.classes))
+    if np.count_nonzero(counts) < 2:
+        raise HarnessError(f"ensemble {name!r}: the training set has a single class "
+                           f"({len(matrix.labels)} rows); a classifier needs at least two")
+    missing = [c for c, n in zip(matrix.classes, counts) if n == 0]
+    if missing:
+        raise HarnessError(f"ensemble {name!r}: classes {missing} have no training rows; "
+                           "check the competition's classes or the training images")
+
+
+def _prior_for_failed(failed: np.ndarray, proba: np.ndarray, labels: np.ndarray,
+                      n_classes: int, name: str) -> np.ndarray:
+    """Test rows whose image failed get the training-class prior instead of a guess."""
+    if failed.any():
+        prior = np.bincount(labels, minlength=n_classes) / len(labels)
+        proba[failed] = prior
+        logger.warning("%s: %d test images could not be read; they get the training class "
+                       "prior %s", name, int(failed.sum()), np.round(prior, 4).tolist())
+    return proba
+
+
+def _fit_ensemble(config: Config, ens: EnsembleConfig, policy: str | tuple, key: str,
+                  progress: bool) -> EnsembleResult:
+    start = time.perf_counter()
+    features_dir = config.workspace.features_dir
+    train = load_matrix(features_dir, ens.backbones, ens.tta, "train", ensemble=ens.name)
+    _check_classes(train, ens.name)
+    k = len(train.classes)
+    folds = cv.make_folds(train.ids, train.labels, config.cv.folds, config.cv.seed,
+                          what=f"ensemble {ens.name!r}: training set")
+    head = make_head(ens.head, ens.params, ensemble=ens.name)
+    fold_mean = config.cv.test_predictions == "fold-mean"
+    test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
+        if fold_mean else None
+    out = cv.cross_validate(head, train.X, train.labels, folds, k, name=ens.name,
+                            test_X=test.X if fold_mean else None, progress=progress)
+    if fold_mean:
+        test_proba = out.test
+    else:
+        model = clone(head)
+        if "copy" in model.get_params():
+            # The refit is the matrix's last use: standardising it in place saves a copy.
+            model.set_params(copy=False)
+        model.fit(train.X, train.labels)
+        train.X = None  # free the training matrix before the test one is read
+        test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name)
+        test_proba = model.predict_proba(test.X)
+    test_proba = _prior_for_failed(test.failed, test_proba, train.labels, k, ens.name)
+    clip = _clip_for(config, policy, train.labels, out.oof)
+    raw = cv.log_loss(train.labels, out.oof)
+    return EnsembleResult(
+        name=ens.name, kind="ensemble", backbones=tuple(ens.backbones), head=ens.head,
+        metric=config.spec.metric, cv_log_loss=raw,
+        cv_log_loss_std=float(np.std(out.fold_log_loss)),
+        cv_log_loss_clipped=cv.log_loss(train.labels, cv.apply_clip(out.oof, clip)),
+        cv_accuracy=cv.accuracy(train.labels, out.oof),
+        cv_accuracy_std=float(np.std(out.fold_accuracy)),
+        clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
+        classes=tuple(train.classes), oof_ids=train.ids, oof_proba=out.oof,
+        oof_labels=train.labels, folds=folds, test_ids=test.ids, test_proba=test_proba,
+        test_failed=test.failed,
+        params={**ens.params, "tta": ens.tta, "fold_log_loss": out.fold_log_loss},
+        histories=[h for h in out.histories if h], key=key,
+    )
+
+
+def _align(member: EnsembleResult, first: EnsembleResult, blend_name: str) -> EnsembleResult:
+    """`member`'s predictions reordered to `first`'s ids; any id difference is an error."""
+    for split in ("oof", "test"):
+        a, b = getattr(first, f"{split}_ids"), getattr(member, f"{split}_ids")
+        if len(a) != len(b) or set(a) != set(b):
+            raise HarnessError(f"blend {blend_name!r}: members {first.name!r} and "
+                               f"{member.name!r} predict different {split} ids "
+                               f"({len(a)} vs {len(b)}); use ensembles over the same images")
+    if member.classes != first.classes:
+        raise HarnessError(f"blend {blend_name!r}: members {first.name!r} and {member.name!r} "
+                           "have different classes")
+    oof_pos = {key: i for i, key in enumerate(member.oof_ids)}
+    test_pos = {key: i for i, key in enumerate(member.test_ids)}
+    o = np.array([oof_pos[key] for key in first.oof_ids], dtype=np.int64)
+    t = np.array([test_pos[key] for key in first.test_ids], dtype=np.int64)
+    aligned = dataclasses.replace(member, oof_ids=first.oof_ids, oof_proba=member.oof_proba[o],
+                                  oof_labels=member.oof_labels[o], folds=member.folds[o],
+                                  test_ids=first.test_ids, test_proba=member.test_proba[t],
+                                  test_failed=member.test_failed[t])
+    if not np.array_equal(aligned.folds, first.folds):
+        raise HarnessError(f"blend {blend_name!r}: members {first.name!r} and {member.name!r} "
+                           "were scored on different folds; rerun `harness ensembles --force`")
+    return aligned
+
+
+def _fit_blend(config: Config, spec: BlendConfig, members: list[EnsembleResult],
+               policy: str | tuple, key: str) -> EnsembleResult:
+    start = time.perf_counter()
+    first = members[0]
+    members = [first] + [_align(m, first, spec.name) for m in members[1:]]
+    labels, folds = first.oof_labels, first.folds
+    oof, test, info = blend(spec.method, spec.params, [m.oof_proba for m in members],
+                            [m.test_proba for m in members], labels, folds)
+    failed = np.logical_or.reduce([m.test_failed for m in members])
+    test = _prior_for_failed(failed, test, labels, len(first.classes), spec.name)
+    fold_ll = [cv.log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
+    fold_acc = [cv.accuracy(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
+    clip = _clip_for(config, policy, labels, oof)
+    backbones = tuple(dict.fromkeys(b for m in members for b in m.backbones))
+    return EnsembleResult(
+        name=spec.name, kind="blend", backbones=backbones, head=f"blend:{spec.method}",
+        metric=config.spec.metric, cv_log_loss=cv.log_loss(labels, oof),
+        cv_log_loss_std=float(np.std(fold_ll)),
+        cv_log_loss_clipped=cv.log_loss(labels, cv.apply_clip(oof, clip)),
+        cv_accuracy=cv.accuracy(labels, oof), cv_accuracy_std=float(np.std(fold_acc)),
+        clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
+        classes=first.classes, oof_ids=first.oof_ids, oof_proba=oof, oof_labels=labels,
+        folds=folds, test_ids=first.test_ids, test_proba=test, test_failed=failed,
+        params={**spec.params, "members": list(spec.members), **info}, key=key,
+    )
+
+
+def _blend_order(blends: dict[str, BlendConfig], ensembles: dict[str, EnsembleConfig],
+                 wanted: list[str]) -> list[str]:
+    """Blends in dependency order (members first); unknown members and cycles fail."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join(path[path.index(name):] + [name])
+            raise HarnessError(f"blends form a cycle: {cycle}; a blend may use other blends "
+                               "but never itself")
+        state[name] = "visiting"
+        for member in blends[name].members:
+            if member in blends:
+                visit(member, path + [name])
+            elif member not in ensembles:
+                raise HarnessError(
+                    f"blend {name!r}: unknown member {member!r}; known ensembles: "
+                    f"{', '.join(sorted(ensembles))}; blends: {', '.join(sorted(blends))}")
+        state[name] = "done"
+        order.append(name)
+
+    for name in wanted:
+        visit(name, [])
+    return order
+
+
+def _closure(names: Sequence[str], ensembles: dict, blends: dict) -> tuple[list, list]:
+    """The ensembles and blends needed for `names` (blends pull in their members)."""
+    known = sorted(ensembles) + sorted(blends)
+    want_e: list[str] = []
+    want_b: list[str] = []
+    stack = [(name, None) for name in names]
+    seen: set[str] = set()
+    while stack:
+        name, parent = stack.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in ensembles:
+            want_e.append(name)
+        elif name in blends:
+            want_b.append(name)
+            stack.extend((member, name) for member in blends[name].members)
+        elif parent is None:  # unknown blend members are reported by _blend_order
+            raise HarnessError(f"unknown ensemble or blend {name!r}; known: "
+                               f"{', '.join(known) or 'none'}")
+    return [n for n in ensembles if n in want_e], [n for n in blends if n in want_b]
+
+
+def configured_ensembles(config: Config) -> dict[str, EnsembleConfig]:
+    """The config's ensembles with presets resolved, or the default set when it has none."""
+    source = config.ensembles or default_ensembles(config.features.backbones,
+                                                   config.features.tta)
+    return {name: resolve_preset(e) for name, e in source.items()}
+
+
+def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: bool = False,
+                  progress: bool = True) -> list[EnsembleResult]:
+    """Cross-validate the configured ensembles and blends; save and report them.
+
+    Ensembles whose backbones are not all in config.features.backbones are skipped (logged);
+    blends whose members are skipped are skipped too. Everything is validated before any
+    fitting starts; each result is saved as soon as it is computed, so a later error loses
+    nothing. Writes report.csv, report.md and plots/ in the workspace's ensembles folder
+    and logs the table.
+
+    Args:
+        config: The loaded configuration.
+        names: Ensembles and blends to run (their members come along); None = all.
+        force: Refit even when saved predictions are still valid.
+        progress: Show tqdm progress bars.
+
+    Returns:
+        One EnsembleResult per ensemble and blend run or reused, best CV score first.
+
+    Raises:
+        HarnessError: bad parameters, unknown names, blend cycles, missing features,
+            mismatched ids, a single-class training set, or nothing left to run.
+    """
+    ensembles = configured_ensembles(config)
+    blends = dict(config.blends)
+    wanted_e, wanted_b = _closure(list(names) if names else list(ensembles) + list(blends),
+                                  ensembles, blends)
+    order_b = _blend_order(blends, ensembles, wanted_b)
+    available = set(config.features.backbones)
+    skipped: set[str] = set()
+    for name in wanted_e:
+        missing = [b for b in ensembles[name].backbones if b not in available]
+        if missing:
+            skipped.add(name)
+            logger.info("skipping ensemble %s: backbones %s are not among the selected "
+                        "backbones (%s)", name, missing, ", ".join(config.features.backbones))
+    for name in order_b:
+        if any(m in skipped for m in blends[name].members):
+            skipped.add(name)
+            logger.info("skipping blend %s: it uses a skipped member", name)
+    run_e = [n for n in wanted_e if n not in skipped]
+    run_b = [n for n in order_b if n not in skipped]
+    if not run_e and not run_b:
+        raise HarnessError(
+            f"no ensemble can run with backbones {', '.join(config.features.backbones)}: "
+            f"{', '.join(sorted(skipped)) or 'none configured'} need others; add backbones "
+            "or define an ensemble over these")
+
+    # Validate everything and compute the keys before fitting anything.
+    keys: dict[str, str] = {}
+    policies: dict[str, Any] = {}
+    folds_id = {"folds": config.cv.folds, "seed": config.cv.seed,
+                "test_predictions": config.cv.test_predictions}
+    for name in run_e:
+        ens = ensembles[name]
+        own = head_params(ens.head, ens.params, ensemble=name)
+        policies[name] = _clip_policy(config, ens.params, name)
+        identity = feature_identity(config.workspace.features_dir, ens.backbones, ens.tta,
+                                    ensemble=name)
+        keys[name] = digest({"v": ALGORITHM_VERSION, "features": identity, "head": ens.head,
+                             "params": own, "tta": ens.tta, "cv": folds_id,
+                             "clip": policies[name], "metric": config.spec.metric})
+    for name in run_b:
+        spec = blends[name]
+        check_blend_params(name, spec.method, spec.params)
+        policies[name] = _clip_policy(config, spec.params, name)
+        keys[name] = digest({"v": ALGORITHM_VERSION, "method": spec.method,
+                             "params": spec.params, "members": [keys[m] for m in spec.members],
+                             "clip": policies[name], "metric": config.spec.metric})
+
+    out_dir = config.workspace.ensembles_dir
+    results: dict[str, EnsembleResult] = {}
+    for name in tqdm(run_e + run_b, desc="ensembles", unit="ens", disable=not progress):
+        if not force and saved_key(out_dir, name) == keys[name]:
+            results[name] = load_result(out_dir, name)
+            logger.info("%s: unchanged, reusing saved predictions", name)
+            continue
+        if name in ensembles and name in run_e:
+            result = _fit_ensemble(config, ensembles[name], policies[name], keys[name],
+                                   progress)
+        else:
+            members = [results[m] for m in blends[name].members]
+            result = _fit_blend(config, blends[name], members, policies[name], keys[name])
+        save_result(out_dir, result)
+        results[name] = result
+        logger.info("%s: CV log loss %.4f (clipped %.4f), accuracy %.4f, %.1f s", name,
+                    result.cv_log_loss, result.cv_log_loss_clipped, result.cv_accuracy,
+                    result.fit_seconds)
+    ordered = list(results.values())
+    table = report_table(ordered)
+    write_report(ordered, out_dir)
+    logger.info("ensembles by CV score:\n%s", format_table(table))
+    by_name = {r.name: r for r in ordered}
+    return [by_name[n] for n in table["name"]]

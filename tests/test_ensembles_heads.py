@@ -1,0 +1,110 @@
+"""The heads wear scikit-learn's estimator contract and validate their parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from competition.errors import HarnessError
+from ensembles.heads import DropoutHead, LogisticHead, column_stats, make_head
+
+
+def blobs(n=150, d=12, k=2, seed=0, gap=3.0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    means = rng.normal(0, gap, (k, d))
+    X = (means[y] + rng.normal(0, 1, (n, d))).astype(np.float32)
+    return X, y
+
+
+def test_logistic_head_contract_and_string_classes():
+    X, y = blobs()
+    labels = np.where(y == 1, "dog", "cat")
+    head = LogisticHead(C=0.5)
+    assert head.get_params()["C"] == 0.5 and not hasattr(head, "classes_")
+    assert head.fit(X, labels) is head
+    assert head.classes_.tolist() == ["cat", "dog"] and head.n_features_in_ == 12
+    proba = head.predict_proba(X)
+    assert proba.shape == (150, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert np.mean(head.predict(X) == labels) > 0.95
+    # column order follows classes_: P(dog) is high exactly where the label is dog
+    assert proba[labels == "dog", 1].mean() > 0.9
+
+
+def test_feature_count_error_names_the_counts():
+    X, y = blobs(d=8)
+    head = LogisticHead().fit(X, y)
+    with pytest.raises(ValueError, match="X has 6 features, but LogisticHead was fitted with 8"):
+        head.predict_proba(X[:, :6])
+
+
+def test_logistic_copy_false_standardises_in_place_and_copy_true_does_not():
+    X, y = blobs()
+    kept = X.copy()
+    LogisticHead().fit(X, y)
+    np.testing.assert_array_equal(X, kept)
+    LogisticHead(copy=False).fit(X, y)
+    np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-4)
+    # both standardise the same way, so they predict the same
+    a = LogisticHead().fit(kept, y).predict_proba(kept)
+    b = clone(LogisticHead()).fit(kept.copy(), y).predict_proba(kept)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_c_grid_chooses_from_the_grid():
+    X, y = blobs(gap=0.4)
+    head = LogisticHead(C=[0.001, 1.0]).fit(X, y)
+    assert head.C_ in (0.001, 1.0)
+
+
+def test_column_stats_match_numpy_on_rows():
+    X, _ = blobs(n=50)
+    rows = np.arange(0, 50, 3)
+    mean, scale = column_stats(X, rows, chunk=7)
+    np.testing.assert_allclose(mean, X[rows].mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scale, X[rows].std(axis=0), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_dropout_head_binary_learns_and_records_history():
+    X, y = blobs(n=200, d=16)
+    head = DropoutHead(epochs=6, batch_size=32, validation_split=0.2, early_stopping=3,
+                       standardize=True, optimizer="adam", learning_rate=0.05)
+    assert head.fit(X, y) is head
+    proba = head.predict_proba(X)
+    assert proba.shape == (200, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert np.mean(proba.argmax(axis=1) == y) > 0.9
+    assert set(head.history_) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert 1 <= head.n_epochs_ <= 6
+    with pytest.raises(ValueError, match="X has 10 features, but DropoutHead was fitted with 16"):
+        head.predict_proba(X[:, :10])
+
+
+@pytest.mark.slow
+def test_dropout_head_multiclass_softmax_and_monitor():
+    X, y = blobs(n=180, d=10, k=3)
+    head = DropoutHead(epochs=3, batch_size=32, optimizer="adam", learning_rate=0.05)
+    head.fit(X[:150], y[:150], monitor=(X[150:], y[150:]))
+    proba = head.predict_proba(X)
+    assert proba.shape == (180, 3) and head.classes_.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert head.model_.layers[-1].units == 3
+    assert len(head.history_["val_loss"]) == 3
+
+
+def test_make_head_validates_params():
+    head = make_head("dropout", {"dropout": 0.3, "epochs": 2, "clip": [0.01, 0.99]},
+                     ensemble="mine")
+    assert isinstance(head, DropoutHead) and head.dropout == 0.3 and head.epochs == 2
+    with pytest.raises(HarnessError, match=r"ensemble 'mine': unknown parameter 'epoch' for "
+                                           r"head 'dropout'; known: .*epochs"):
+        make_head("dropout", {"epoch": 3}, ensemble="mine")
+    with pytest.raises(HarnessError, match="ensemble 'x': C = -1 must be a positive"):
+        make_head("logreg", {"C": -1}, ensemble="x")
+    with pytest.raises(HarnessError, match="early_stopping needs a validation_split"):
+        make_head("dropout", {"early_stopping": 2}, ensemble="x")
+    with pytest.raises(HarnessError, match="unknown head 'svm'"):
+        make_head("svm", {}, ensemble="x")
