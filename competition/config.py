@@ -54,7 +54,10 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """One named ensemble: backbones to concatenate, a head and its parameters."""
+    """One named ensemble: backbones to concatenate, a head and its parameters.
+
+    With `preset` in params, empty backbones / head mean "the preset's".
+    """
 
     name: str
     backbones: tuple[str, ...]
@@ -107,7 +110,9 @@ class Config:
         """Every (backbone, tta) pair that extraction must produce, in a stable order."""
         pairs = [(b, self.features.tta) for b in self.features.backbones]
         for ensemble in self.ensembles.values():
-            pairs += [(b, ensemble.tta) for b in ensemble.backbones]
+            # Only backbones that are selected: a restricted --backbones skips the rest.
+            pairs += [(b, ensemble.tta) for b in ensemble.backbones
+                      if b in self.features.backbones]
         return list(dict.fromkeys(pairs))
 
 
@@ -193,13 +198,18 @@ def _ensembles_from(tables: dict, default_tta: str, source: Path | None) -> dict
         if not isinstance(table, dict):
             raise HarnessError(f"{_where(source)}: {section} must be a table")
         table = dict(table)
-        for required in ("backbones", "head"):
-            if required not in table:
-                raise HarnessError(f"{_where(source)}: {section} needs {required} = ...")
+        # A preset (resolved by the ensembles stage) supplies backbones and head itself.
+        if "preset" not in table:
+            for required in ("backbones", "head"):
+                if required not in table:
+                    raise HarnessError(f"{_where(source)}: {section} needs {required} = ...")
+        backbones = table.pop("backbones", None)
+        head = table.pop("head", None)
         ensembles[name] = EnsembleConfig(
             name=name,
-            backbones=_string_list(table.pop("backbones"), f"{section} backbones", source),
-            head=_choice(table.pop("head"), HEADS, f"{section} head", source),
+            backbones=() if backbones is None
+            else _string_list(backbones, f"{section} backbones", source),
+            head="" if head is None else _choice(head, HEADS, f"{section} head", source),
             tta=_choice(table.pop("tta", default_tta), TTA_MODES, f"{section} tta", source),
             params=table,
         )

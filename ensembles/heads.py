@@ -81,7 +81,9 @@ def column_stats(X: np.ndarray, rows: np.ndarray | None = None,
     mean = total / max(n, 1)
     var = np.maximum(squares / max(n, 1) - mean**2, 0.0)
     scale = np.sqrt(var)
-    scale[scale < 1e-12] = 1.0
+    # "Constant" is relative to the column's own level, not an absolute floor: features of
+    # randomly initialised backbones can be ~1e-17 in size and still carry the signal.
+    scale[(scale == 0) | (scale <= 1e-6 * np.abs(mean))] = 1.0
     return mean.astype(np.float32), scale.astype(np.float32)
 
 

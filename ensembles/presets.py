@@ -44,7 +44,9 @@ def resolve_preset(ensemble: EnsembleConfig) -> EnsembleConfig:
                            f"{', '.join(sorted(PRESETS))}")
     preset = PRESETS[name]
     merged = {**preset.params, **params}
-    return dataclasses.replace(ensemble, params=merged)
+    return dataclasses.replace(ensemble, params=merged,
+                               backbones=ensemble.backbones or preset.backbones,
+                               head=ensemble.head or preset.head)
 
 
 def default_ensembles(backbones: tuple[str, ...], tta: str = "none") -> dict[str, EnsembleConfig]:

@@ -220,14 +220,12 @@ def cmd_features(config: Config, args: argparse.Namespace) -> None:
 
 def run_ensembles(config: Config, args: argparse.Namespace) -> list:
     """Cross-validate the ensembles and blends, print and save the comparison table."""
-    from ensembles.report import format_table, write_report
+    from ensembles.report import format_table, report_table
     from ensembles.run import run_ensembles as run
 
     results = run(config, names=getattr(args, "only", None),
                   force=getattr(args, "force", False), progress=not args.quiet)
-    print(format_table(results))
-    for path in write_report(results, config.workspace.ensembles_dir):
-        logger.info("wrote %s", path)
+    print(format_table(report_table(results)))
     return results
 
 
@@ -280,10 +278,13 @@ def _chosen_upload(config: Config, args: argparse.Namespace) -> tuple[Path, str,
     """The CSV to upload, its ensemble name and CV score: --file, --ensemble, or the best."""
     if args.file:
         return args.file, args.ensemble or args.file.stem, args.cv
-    from ensembles.results import load_all_results
+    from ensembles.results import result_path, load_result
+    from ensembles.run import configured_ensembles
     from submissions.writer import submission_path
 
-    results = load_all_results(config.workspace.ensembles_dir)
+    names = list(configured_ensembles(config)) + list(config.blends)
+    results = [load_result(config.workspace.ensembles_dir, name) for name in names
+               if result_path(config.workspace.ensembles_dir, name).is_file()]
     if not results:
         raise HarnessError("no ensemble results yet; run `harness submit` (make submit) first")
     if args.ensemble:

@@ -52,7 +52,7 @@ def test_command_line_overrides_win(tmp_path, monkeypatch):
 def test_ensembles_blends_and_feature_sets(tmp_path):
     config = load_config(_write(tmp_path, """
 [features]
-backbones = ["xception"]
+backbones = ["xception", "resnet50"]
 [ensembles.a]
 backbones = ["xception"]
 head = "logreg"
@@ -67,8 +67,11 @@ method = "weights"
 """))
     assert config.ensembles["a"].params == {"C": [0.1, 1.0]}
     assert config.blends["ab"].members == ("a", "b") and config.blends["ab"].method == "weights"
-    assert config.feature_sets() == [("xception", "none"), ("resnet50", "flip"),
-                                     ("xception", "flip")]
+    assert config.feature_sets() == [("xception", "none"), ("resnet50", "none"),
+                                     ("resnet50", "flip"), ("xception", "flip")]
+    # Backbones outside [features] backbones (or --backbones) are never extracted.
+    narrowed = load_config(config.source, {"backbones": "xception"})
+    assert narrowed.feature_sets() == [("xception", "none"), ("xception", "flip")]
 
 
 @pytest.mark.parametrize(
