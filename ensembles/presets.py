@@ -60,9 +60,7 @@ def default_ensembles(backbones: tuple[str, ...], tta: str = "none") -> dict[str
         ensembles[f"all{n}-logreg"] = EnsembleConfig(f"all{n}-logreg", tuple(backbones),
                                                      "logreg", {}, tta)
         ensembles[f"all{n}-dropout"] = EnsembleConfig(
-            f"all{n}-dropout", tuple(backbones), "dropout",
-            {"epochs": 20, "optimizer": "adam", "standardize": True,
-             "validation_split": 0.1, "early_stopping": 3}, tta)
+            f"all{n}-dropout", tuple(backbones), "dropout", {}, tta)
     if set(SEED_BACKBONES) <= set(backbones):
         ensembles["seed004"] = dataclasses.replace(PRESETS["seed004"], tta=tta)
     return ensembles

@@ -330,6 +330,6 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
     ordered = list(results.values())
     table = report_table(ordered)
     write_report(ordered, out_dir)
-    logger.info("ensembles by CV score:\n%s", format_table(table))
+    logger.debug("ensembles by CV score:\n%s", format_table(table))
     by_name = {r.name: r for r in ordered}
     return [by_name[n] for n in table["name"]]

@@ -161,6 +161,6 @@ def write_submission(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    logger.info("wrote %s (%d rows, validated against %s)", path, len(table),
+    logger.debug("wrote %s (%d rows, validated against %s)", path, len(table),
                 spec.sample_submission)
     return path
