@@ -26,7 +26,7 @@ def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
         "name": r.name, "kind": r.kind, "backbones": "+".join(r.backbones), "head": r.head,
         "cv_log_loss": r.cv_log_loss, "cv_log_loss_std": r.cv_log_loss_std,
         "cv_log_loss_clipped": r.cv_log_loss_clipped, "cv_accuracy": r.cv_accuracy,
-        "clip": "none" if r.clip is None else f"[{r.clip[0]:.4g}, {r.clip[1]:.4g}]",
+        "clip": "none" if r.clip is None else f"[{r.clip[0]:.6g}, {r.clip[1]:.6g}]",
         "fit_seconds": round(r.fit_seconds, 1), "reused": r.reused,
     } for r in results]
     table = pd.DataFrame(rows, columns=COLUMNS)

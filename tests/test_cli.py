@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_runner import run_harness
+
 
 
 def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env_path = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
-        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "HOME": str(cwd)},
-    )
+    return run_harness(*args, cwd=cwd, timeout=300)
 
 
 def test_competitions_lists_the_catalog(tmp_path):

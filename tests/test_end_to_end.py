@@ -9,7 +9,6 @@ chance.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from competition.demo import generate_demo
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_runner import run_harness
 
 CONFIG = """
 competition = "demo"
@@ -40,12 +38,7 @@ epochs = 3
 
 
 def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=600,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(cwd),
-             "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    return run_harness(*args, cwd=cwd)
 
 
 @pytest.mark.slow

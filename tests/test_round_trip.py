@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import run_harness
 from tests.fake_kaggle import FakeKaggle, logloss_scorer, redux_zip, running_env_without_proxy_bypass
 
-REPO = Path(__file__).resolve().parents[1]
 SLUG = "dogs-vs-cats-redux-kernels-edition"
 
 CONFIG = f"""
@@ -40,12 +38,10 @@ def test_download_submit_upload_leaderboard(tmp_path):
     try:
         env = running_env_without_proxy_bypass()
         env.update(fake.client_env(tmp_path / "home"))
-        env.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
         (tmp_path / "harness.toml").write_text(CONFIG)
 
         def harness(*args: str) -> subprocess.CompletedProcess:
-            result = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path,
-                                    env=env, capture_output=True, text=True, timeout=600)
+            result = run_harness(*args, cwd=tmp_path, env=env)
             assert result.returncode == 0, f"harness {args}: {result.stderr[-3000:]}"
             return result
 
