@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,8 @@ def _path(value: str | None, base: Path) -> Path | None:
     if value in (None, ""):
         return None
     path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
+    # normpath, not resolve(): folds "a/../b" for readable messages, keeps symlinks as given.
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
 def _spec_from(value: Any, source: Path | None) -> CompetitionSpec:
