@@ -255,7 +255,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         path: The config file; None means `harness.toml` in the current folder, or
             built-in defaults when there is none.
         overrides: Command-line values that win over the file: competition, data_dir,
-            workspace, weights_dir, weights, backbones (None values are ignored). Relative
+            workspace, weights_dir, weights, backbones, tta, precision, batch_size,
+            threads (None values are ignored). Relative
             paths here are relative to the current folder.
 
     Raises:
@@ -289,7 +290,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     data_dir = _path(overrides.get("data_dir"), cwd) or file_data_dir or workspace_root / "data"
 
     features_table = dict(raw.get("features", {}))
-    for key in ("weights_dir", "backbones", "weights"):
+    for key in ("weights_dir", "backbones", "weights", "tta", "precision", "batch_size",
+                "threads"):
         if key in overrides:
             value = overrides[key]
             features_table[key] = str(Path(value).resolve()) if key == "weights_dir" else value

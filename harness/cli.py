@@ -122,6 +122,11 @@ def _load(args: argparse.Namespace) -> Config:
         "weights_dir": args.weights_dir,
         "weights": args.weights,
         "backbones": args.backbones,
+        # Only `harness features` has these; elsewhere the config's values stand.
+        "tta": getattr(args, "tta", None),
+        "precision": getattr(args, "precision", None),
+        "batch_size": getattr(args, "batch_size", None) or None,
+        "threads": getattr(args, "threads", None) or None,
     }
     return load_config(args.config, overrides)
 
@@ -187,8 +192,6 @@ def cmd_download(config: Config, args: argparse.Namespace) -> None:
 
 def run_features(config: Config, args: argparse.Namespace) -> object:
     """Extract (or reuse) every feature set the configuration needs."""
-    import dataclasses
-
     from competition.images import check_sample_submission, list_test_images
 
     ensure_data(config)
@@ -197,13 +200,6 @@ def run_features(config: Config, args: argparse.Namespace) -> object:
     # Imported only now: TensorFlow takes seconds to load, and bad input should fail fast.
     from features.extract import extract_for_config, merge_shards
 
-    overrides = {k: v for k, v in (("batch_size", getattr(args, "batch_size", 0)),
-                                   ("threads", getattr(args, "threads", 0)),
-                                   ("precision", getattr(args, "precision", None)),
-                                   ("tta", getattr(args, "tta", None))) if v}
-    if overrides:
-        config = dataclasses.replace(
-            config, features=dataclasses.replace(config.features, **overrides))
     merge = getattr(args, "merge", None)
     if merge:
         for backbone, tta in config.feature_sets():
