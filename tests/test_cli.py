@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_runner import run_harness
+from tests.image_files import write_competition
 
 
 
@@ -41,6 +42,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, toml, message):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backbones", "resnet5"], "unknown backbone 'resnet5'; known: resnet50"),
+        (["--backbones", "mobilenet_025", "--weights-dir", "."], "mobilenet_2_5_224_tf_no_top.h5"),
+        (["--backbones", "xception", "--weights", "absent.h5"], "absent.h5"),
+    ],
+    ids=["unknown-backbone", "weights-dir-without-the-file", "missing-weights-file"],
+)
+def test_backbone_and_weights_mistakes(tmp_path, extra, message):
+    write_competition(tmp_path / "data", n_per_class=2, n_test=2)
+    result = harness("--competition", "dogs-vs-cats-redux-kernels-edition", "--data-dir", "data",
+                     *extra, "features", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.h5"))
 
 
 def test_verbose_shows_the_traceback(tmp_path):
