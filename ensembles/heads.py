@@ -269,8 +269,9 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         X = _check_X(self, X, fitted=False)
         index = _check_rows(X, rows)
         index = np.arange(len(X)) if index is None else index
-        # Positions below index `index`; the split and the batches depend only on them,
-        # so fit(X, y, rows=rows) trains exactly as fit(X[rows], y) does.
+        # `y`, the validation split and the batch order all work on positions 0..n-1 and
+        # map them to rows of X (`index`) only when reading, so fit(X, y, rows=rows)
+        # trains exactly as fit(X[rows], y) does.
         codes = _encode(self, y, len(index))
         self.n_features_in_ = X.shape[1]
         keras.utils.set_random_seed(int(self.seed))
@@ -307,9 +308,9 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
             # tf.data's generator registry keeps every PyDataset it wrapped alive for the
             # life of the process (measured: one training copy leaked per fold); dropping
             # their data here leaves only tiny shells behind.
-            for dataset in (batches, validation):
-                if dataset is not None:
-                    dataset.release()
+            for holder in (batches, validation, *callbacks):
+                if hasattr(holder, "release"):
+                    holder.release()
         self.history_ = {k: [float(v) for v in vals] for k, vals in history.history.items()}
         self.model_ = model
         self.n_epochs_ = len(self.history_.get("loss", []))
@@ -380,14 +381,23 @@ def _Monitor(head: DropoutHead, X: Any, y: Any, rows: Any = None):  # noqa: N802
     chunk = chunk_rows(X.shape[1], X.dtype.itemsize)
 
     class Monitor(keras.callbacks.Callback):
+        def __init__(self, data, index):
+            super().__init__()
+            self.X, self.rows = data, index
+
         def on_epoch_end(self, epoch, logs=None):
             head.model_ = self.model
+            X, rows = self.X, self.rows
             proba = np.concatenate([head.predict_proba(X[rows[i:i + chunk]])
                                     for i in range(0, len(rows), chunk)], axis=0)
             logs["val_loss"] = float(log_loss(codes, proba, labels=range(proba.shape[1])))
             logs["val_accuracy"] = float(np.mean(np.argmax(proba, axis=1) == codes))
 
-    return Monitor()
+        def release(self):
+            """Drop the reference to the data once training ends (see DropoutHead.fit)."""
+            self.X = self.rows = None
+
+    return Monitor(X, rows)
 
 
 # --- parameter validation ----------------------------------------------------------------

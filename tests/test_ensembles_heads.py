@@ -164,3 +164,11 @@ def test_dropout_fit_does_not_keep_its_training_data_alive():
     gc.collect()
     assert alive() is None
     assert head.predict_proba(X).shape == (120, 2)  # the model itself survives
+    # nor the matrix a learning-curve monitor read
+    shown = X.copy()
+    alive = weakref.ref(shown)
+    DropoutHead(epochs=2, validation_split=0.0, early_stopping=0).fit(
+        X[:100], y[:100], monitor=(shown, y[100:], np.arange(100, 120)))
+    del shown
+    gc.collect()
+    assert alive() is None
