@@ -8,6 +8,7 @@ feature file's row order never changes which fold an image lands in.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -111,8 +112,9 @@ def cross_validate(head, X: np.ndarray, labels: np.ndarray, folds: np.ndarray,
                    on_fold: Callable[[int], None] | None = None) -> CVOutput:
     """Fit a clone of `head` on all folds but one, predict the held-out fold; repeat.
 
-    Each fold's training rows are one fresh copy that the head may standardise in
-    place (LogisticHead copy=False); held-out rows are predicted in chunks.
+    Heads whose `fit` takes `rows=` (both built-in ones) get the fold's row indices and
+    never a copy made here; other heads get `X[train_rows]`. Held-out and test rows are
+    predicted in chunks.
 
     Args:
         test_X: When given, each fold model also predicts it and `test` is their mean.
@@ -130,14 +132,19 @@ def cross_validate(head, X: np.ndarray, labels: np.ndarray, folds: np.ndarray,
             raise HarnessError(f"ensemble {name!r}: fold {fold} lacks a class in its training "
                                "rows; lower [cv] folds")
         model = clone(head)
-        if "copy" in model.get_params():
-            model.set_params(copy=False)
-        X_train = X[train_rows]
-        kwargs = {}
-        if "validation_split" in model.get_params():
-            kwargs["monitor"] = (X[held_rows], labels[held_rows])
-        model.fit(X_train, labels[train_rows], **kwargs)
-        del X_train, kwargs
+        fit_args = inspect.signature(model.fit).parameters
+        kwargs: dict = {}
+        if "monitor" in fit_args:
+            kwargs["monitor"] = (X, labels[held_rows], held_rows)
+        if "rows" in fit_args:
+            # The head reads (or copies once) the fold's rows itself: the dropout head
+            # trains straight from X, the logistic head makes the one copy it standardises.
+            model.fit(X, labels[train_rows], rows=train_rows, **kwargs)
+        else:
+            if "copy" in model.get_params():
+                model.set_params(copy=False)  # a fresh fold copy may be changed in place
+            model.fit(X[train_rows], labels[train_rows], **kwargs)
+        del kwargs
         proba = predict_rows(model, X, held_rows)
         oof[held_rows] = proba
         fold_ll.append(log_loss(labels[held_rows], proba))

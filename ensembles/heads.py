@@ -3,6 +3,8 @@
 `__init__` only stores parameters, `fit(X, y)` returns self, learned state ends in `_`
 (`classes_`, `n_features_in_`), `predict_proba(X)` returns one column per class in
 `classes_` order. Cross-validation, blending and the CLI never care which head they hold.
+Both also take `fit(X, y, rows=...)`, which fits on `X[rows]`: cross-validation passes
+each fold's row indices instead of a copy of its rows.
 
 Both heads avoid float64 or full-size copies of the feature matrix: statistics are
 accumulated in row chunks, the Keras head folds standardisation into the model and feeds
@@ -49,6 +51,21 @@ def _check_X(head: BaseEstimator, X: Any, *, fitted: bool) -> np.ndarray:
         raise ValueError(f"X has {X.shape[1]} features, but {type(head).__name__} was fitted "
                          f"with {head.n_features_in_}")
     return X
+
+
+def _check_rows(X: np.ndarray, rows: Any) -> np.ndarray | None:
+    """`rows` as int64 indices into X (None stays None); out-of-range rows are an error."""
+    if rows is None:
+        return None
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not (rows.dtype.kind in "iu" or rows.size == 0):
+        raise ValueError(f"rows must be a 1-D array of row indices, got {rows.dtype} "
+                         f"shape {rows.shape}")
+    rows = rows.astype(np.int64, copy=False)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(X)):
+        raise ValueError(f"rows index {len(X)} rows of X but range from {rows.min()} to "
+                         f"{rows.max()}")
+    return rows
 
 
 def _encode(head: BaseEstimator, y: Any, n_rows: int) -> np.ndarray:
@@ -102,9 +119,9 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         standardize: Scale each column to zero mean and unit variance first (statistics
             from the training rows; stored as `mean_` and `scale_`).
         max_iter, tol: L-BFGS limits.
-        copy: False lets `fit` standardise `X` in place (the caller's array changes); the
-            cross-validation loop passes fresh fold copies with copy=False so a 6,144-column
-            matrix is never duplicated.
+        copy: False lets `fit` standardise `X` in place (the caller's array changes), so
+            a refit on a matrix used for nothing else needs no copy. With `rows=` the fold's
+            rows are copied once anyway and standardised in place whatever `copy` says.
         seed: Seed of the inner CV folds for a C grid.
     """
 
@@ -117,17 +134,27 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         self.copy = copy
         self.seed = seed
 
-    def fit(self, X: Any, y: Any) -> LogisticHead:
-        """Fit on `X` (n, d) and labels `y` (n,); returns self."""
+    def fit(self, X: Any, y: Any, rows: Any = None) -> LogisticHead:
+        """Fit on `X` (n, d) and labels `y` (n,); returns self.
+
+        Args:
+            rows: Optional row indices: fit on `X[rows]` with `y` aligned to `rows`, the
+                same as `fit(X[rows], y)`. scikit-learn needs the rows as one matrix, so
+                this makes the one copy and standardises it in place (never a second).
+        """
         from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold
 
         X = _check_X(self, X, fitted=False)
+        rows = _check_rows(X, rows)
+        fresh = rows is not None  # X[rows] is our own copy: safe to change in place
+        if fresh:
+            X = X[rows]
         codes = _encode(self, y, len(X))
         self.n_features_in_ = X.shape[1]
         if self.standardize:
             self.mean_, self.scale_ = column_stats(X)
-            if self.copy or not X.flags.writeable:
+            if not fresh and (self.copy or not X.flags.writeable):
                 X = X.copy()
             X -= self.mean_
             X /= self.scale_
@@ -225,43 +252,65 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
         return model
 
-    def fit(self, X: Any, y: Any, monitor: tuple[Any, Any] | None = None) -> DropoutHead:
+    def fit(self, X: Any, y: Any, monitor: tuple | None = None,
+            rows: Any = None) -> DropoutHead:
         """Fit on `X` (n, d) and labels `y`; returns self.
 
         Args:
-            monitor: Optional (X, y) scored after every epoch for the learning curves
-                only (cross-validation passes the held-out fold); it never steers training.
+            monitor: Optional (X, y) or (X, y, rows) scored after every epoch for the
+                learning curves only (cross-validation passes the held-out fold's rows); it
+                never steers training. Used only when there is no validation split.
+            rows: Optional row indices: fit on `X[rows]` with `y` aligned to `rows`, the
+                same as `fit(X[rows], y)` but batches are read from `X` directly, so the
+                training rows are never copied.
         """
         import keras
 
         X = _check_X(self, X, fitted=False)
-        codes = _encode(self, y, len(X))
+        index = _check_rows(X, rows)
+        index = np.arange(len(X)) if index is None else index
+        # `y`, the validation split and the batch order all work on positions 0..n-1 and
+        # map them to rows of X (`index`) only when reading, so fit(X, y, rows=rows)
+        # trains exactly as fit(X[rows], y) does.
+        codes = _encode(self, y, len(index))
         self.n_features_in_ = X.shape[1]
         keras.utils.set_random_seed(int(self.seed))
-        rows = np.arange(len(X))
-        val_rows = np.zeros(0, dtype=np.int64)
+        fit_pos = np.arange(len(index))
+        val_pos = np.zeros(0, dtype=np.int64)
         if self.validation_split > 0:
             from sklearn.model_selection import train_test_split
 
-            rows, val_rows = train_test_split(rows, test_size=self.validation_split,
-                                              stratify=codes, random_state=self.seed)
+            fit_pos, val_pos = train_test_split(fit_pos, test_size=self.validation_split,
+                                                stratify=codes, random_state=self.seed)
+            fit_pos, val_pos = np.sort(fit_pos), np.sort(val_pos)
         if self.standardize:
-            self.mean_, self.scale_ = column_stats(X, np.sort(rows))
+            self.mean_, self.scale_ = column_stats(X, index[fit_pos])
         model = self._build(X.shape[1], len(self.classes_))
         target = codes.astype(np.float32) if len(self.classes_) == 2 else codes
-        batches = _batches_class()(X, target, rows, int(self.batch_size), int(self.seed))
+        Batches = _batches_class()
+        batches = Batches(X, index[fit_pos], target[fit_pos], int(self.batch_size),
+                          int(self.seed))
         callbacks: list = []
         validation = None
-        if len(val_rows):
-            validation = _batches_class()(X, target, np.sort(val_rows), 4096, None)
+        if len(val_pos):
+            # Validation batches stay small: Keras' generator queue holds several at once.
+            validation = Batches(X, index[val_pos], target[val_pos], 512, None)
             if self.early_stopping:
                 callbacks.append(keras.callbacks.EarlyStopping(
                     monitor="val_loss", patience=int(self.early_stopping),
                     restore_best_weights=True))
         elif monitor is not None:
             callbacks.append(_Monitor(self, *monitor))
-        history = model.fit(batches, validation_data=validation, epochs=int(self.epochs),
-                            callbacks=callbacks, verbose=0)
+        try:
+            history = model.fit(batches, validation_data=validation, epochs=int(self.epochs),
+                                callbacks=callbacks, verbose=0)
+        finally:
+            # tf.data's generator registry keeps every PyDataset it wrapped alive for the
+            # life of the process (measured: one training copy leaked per fold); dropping
+            # their data here leaves only tiny shells behind.
+            for holder in (batches, validation, *callbacks):
+                if hasattr(holder, "release"):
+                    holder.release()
         self.history_ = {k: [float(v) for v in vals] for k, vals in history.history.items()}
         self.model_ = model
         self.n_epochs_ = len(self.history_.get("loss", []))
@@ -290,47 +339,65 @@ def _batches_class() -> type:
     import keras
 
     class Batches(keras.utils.PyDataset):
-        """Feeds batches straight from the caller's array: Keras' array adapter copies the
-        whole matrix into a tensor (measured: +2x the data); this copies one batch."""
+        """Feeds batches of `X[index]` straight from the caller's array: Keras' array
+        adapter copies the whole matrix into a tensor (measured: +2x the data); this
+        copies one batch. `y` is aligned with `index`."""
 
-        def __init__(self, X, y, rows, batch_size, seed):
+        def __init__(self, X, index, y, batch_size, seed):
             super().__init__()
-            self.X, self.y, self.rows, self.batch_size = X, y, np.asarray(rows), batch_size
+            self.X, self.index, self.y, self.batch_size = X, index, y, batch_size
             self.rng = None if seed is None else np.random.default_rng(seed)
-            self.order = self.rows.copy()
+            self.order = np.arange(len(index))
             self.on_epoch_end()
 
         def __len__(self):
-            return math.ceil(len(self.rows) / self.batch_size)
+            return math.ceil(len(self.index) / self.batch_size)
 
-        def __getitem__(self, index):
-            take = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
-            return self.X[take], self.y[take]
+        def __getitem__(self, i):
+            take = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+            return self.X[self.index[take]], self.y[take]
 
         def on_epoch_end(self):
             if self.rng is not None:
-                self.order = self.rng.permutation(self.rows)
+                self.order = self.rng.permutation(len(self.index))
+
+        def release(self):
+            """Drop the references to the data (see DropoutHead.fit)."""
+            self.X = self.index = self.y = self.order = None
 
     return Batches
 
 
-def _Monitor(head: DropoutHead, X: Any, y: Any):  # noqa: N802 - behaves like a class
-    """A Keras callback adding val_loss/val_accuracy on (X, y) to the logs each epoch."""
+def _Monitor(head: DropoutHead, X: Any, y: Any, rows: Any = None):  # noqa: N802 - a class
+    """A Keras callback adding val_loss/val_accuracy on (X[rows], y) to the logs each
+    epoch; `X[rows]` is predicted in chunks, never copied whole."""
     import keras
     from sklearn.metrics import log_loss
 
-    X = np.asarray(X, dtype=np.float32)
+    X = np.asarray(X)
+    rows = np.arange(len(X)) if rows is None else _check_rows(X, rows)
     y = np.asarray(y)
     codes = np.searchsorted(head.classes_, y)
+    chunk = chunk_rows(X.shape[1], X.dtype.itemsize)
 
     class Monitor(keras.callbacks.Callback):
+        def __init__(self, data, index):
+            super().__init__()
+            self.X, self.rows = data, index
+
         def on_epoch_end(self, epoch, logs=None):
             head.model_ = self.model
-            proba = head.predict_proba(X)
+            X, rows = self.X, self.rows
+            proba = np.concatenate([head.predict_proba(X[rows[i:i + chunk]])
+                                    for i in range(0, len(rows), chunk)], axis=0)
             logs["val_loss"] = float(log_loss(codes, proba, labels=range(proba.shape[1])))
             logs["val_accuracy"] = float(np.mean(np.argmax(proba, axis=1) == codes))
 
-    return Monitor()
+        def release(self):
+            """Drop the reference to the data once training ends (see DropoutHead.fit)."""
+            self.X = self.rows = None
+
+    return Monitor(X, rows)
 
 
 # --- parameter validation ----------------------------------------------------------------

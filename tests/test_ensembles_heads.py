@@ -108,3 +108,67 @@ def test_make_head_validates_params():
         make_head("dropout", {"early_stopping": 2}, ensemble="x")
     with pytest.raises(HarnessError, match="unknown head 'svm'"):
         make_head("svm", {}, ensemble="x")
+
+
+def test_logistic_fit_on_rows_equals_fit_on_copied_rows_and_leaves_x_alone():
+    X, y = blobs(n=160, d=10)
+    rows = np.random.default_rng(1).permutation(160)[:110]  # unsorted, like any caller's
+    kept = X.copy()
+    by_rows = LogisticHead(copy=False).fit(X, y[rows], rows=rows)
+    np.testing.assert_array_equal(X, kept)  # the head standardised its own copy only
+    copied = LogisticHead().fit(X[rows], y[rows])
+    np.testing.assert_allclose(by_rows.mean_, copied.mean_, rtol=1e-6)
+    np.testing.assert_allclose(by_rows.predict_proba(X), copied.predict_proba(X), atol=1e-6)
+    with pytest.raises(ValueError, match="rows index 160 rows of X but range from 0 to 160"):
+        LogisticHead().fit(X, y[:3], rows=[0, 5, 160])
+    with pytest.raises(ValueError, match=r"y has shape \(160,\), but X has 110 rows"):
+        LogisticHead().fit(X, y, rows=rows)
+
+
+@pytest.mark.slow
+def test_dropout_fit_on_rows_equals_fit_on_copied_rows():
+    X, y = blobs(n=200, d=12, gap=1.0)
+    rows = np.random.default_rng(2).permutation(200)[:150]
+    params = dict(epochs=4, batch_size=16, validation_split=0.2, early_stopping=2)
+    by_rows = DropoutHead(**params).fit(X, y[rows], rows=rows)
+    copied = DropoutHead(**params).fit(X[rows], y[rows])
+    assert by_rows.n_features_in_ == 12 and by_rows.n_epochs_ == copied.n_epochs_
+    np.testing.assert_allclose(by_rows.history_["loss"], copied.history_["loss"], rtol=1e-5)
+    np.testing.assert_allclose(by_rows.predict_proba(X), copied.predict_proba(X), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dropout_monitor_reads_held_rows_without_a_copy():
+    X, y = blobs(n=180, d=10)
+    held = np.arange(0, 180, 4)
+    train = np.setdiff1d(np.arange(180), held)
+    params = dict(epochs=3, batch_size=32, validation_split=0.0, early_stopping=0)
+    a = DropoutHead(**params).fit(X, y[train], rows=train, monitor=(X, y[held], held))
+    b = DropoutHead(**params).fit(X[train], y[train], monitor=(X[held], y[held]))
+    assert len(a.history_["val_loss"]) == 3
+    np.testing.assert_allclose(a.history_["val_loss"], b.history_["val_loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_dropout_fit_does_not_keep_its_training_data_alive():
+    # tf.data's generator registry outlives the fit; a kept training array would grow the
+    # process by one fold copy per cross-validation fold (seen at 6x the matrix).
+    import gc
+    import weakref
+
+    X, y = blobs(n=120, d=8)
+    copy = X.copy()
+    alive = weakref.ref(copy)
+    head = DropoutHead(epochs=2, batch_size=32).fit(copy, y)
+    del copy
+    gc.collect()
+    assert alive() is None
+    assert head.predict_proba(X).shape == (120, 2)  # the model itself survives
+    # nor the matrix a learning-curve monitor read
+    shown = X.copy()
+    alive = weakref.ref(shown)
+    DropoutHead(epochs=2, validation_split=0.0, early_stopping=0).fit(
+        X[:100], y[:100], monitor=(shown, y[100:], np.arange(100, 120)))
+    del shown
+    gc.collect()
+    assert alive() is None
