@@ -277,7 +277,15 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         keras.utils.set_random_seed(int(self.seed))
         fit_pos = np.arange(len(index))
         val_pos = np.zeros(0, dtype=np.int64)
-        if self.validation_split > 0:
+        held_out = math.ceil(self.validation_split * len(fit_pos))
+        if self.validation_split > 0 and (held_out < len(self.classes_)
+                                          or np.bincount(codes).min() < 2):
+            # Too few rows for a stratified hold-out (tiny data sets, tiny folds): train
+            # on every row for the full number of epochs instead of failing.
+            logger.warning("%d training rows are too few for a %.0f%% validation split; "
+                           "training %d epochs without early stopping", len(fit_pos),
+                           100 * self.validation_split, self.epochs)
+        elif self.validation_split > 0:
             from sklearn.model_selection import train_test_split
 
             fit_pos, val_pos = train_test_split(fit_pos, test_size=self.validation_split,

@@ -172,3 +172,21 @@ def test_dropout_fit_does_not_keep_its_training_data_alive():
     del shown
     gc.collect()
     assert alive() is None
+
+
+def test_dropout_head_on_too_few_rows_for_a_hold_out_trains_on_all(caplog):
+    # 4 rows, 2 classes: a 10% stratified hold-out is impossible (a fold of a tiny competition).
+    X = np.array([[0.0, 1.0], [0.1, 0.9], [1.0, 0.0], [0.9, 0.1]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1])
+    head = DropoutHead(epochs=2, batch_size=2).fit(X, y)
+    assert "too few for a 10% validation split" in caplog.text
+    assert len(head.history_["loss"]) == 2 and "val_loss" not in head.history_
+    assert head.predict_proba(X).shape == (4, 2)
+
+
+def test_column_stats_keep_tiny_but_varying_columns():
+    # Random-init backbones give features ~1e-17 that still differ between images.
+    X = np.array([[1e-17, 5.0], [3e-17, 5.0], [2e-17, 5.0]], dtype=np.float32)
+    mean, scale = column_stats(X)
+    assert scale[0] == pytest.approx(np.std(X[:, 0].astype(np.float64)), rel=1e-3)
+    assert scale[1] == 1.0  # constant column: never divided by zero
