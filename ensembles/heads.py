@@ -203,7 +203,7 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
             as Keras' `validation_split` did in the seed recipe; needed for early stopping.
         early_stopping: Patience in epochs on the held-out loss (0 = off); the best
             epoch's weights are restored.
-        standardize: Fold column standardisation into the model (a Normalization layer),
+        standardize: Fold column standardisation into the model (a Rescaling layer),
             so the training data is never copied.
         seed: Seeds Keras (weights, dropout, shuffling) and the validation split.
 
@@ -235,7 +235,10 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         inputs = keras.Input((n_features,), dtype="float32")
         x = inputs
         if self.standardize:
-            x = keras.layers.Normalization(mean=self.mean_, variance=self.scale_**2)(x)
+            # Rescaling, not Normalization: Normalization floors the deviation at 1e-7,
+            # which erases features that are tiny but informative (random-init backbones).
+            x = keras.layers.Rescaling(scale=(1.0 / self.scale_).astype(np.float32),
+                                       offset=(-self.mean_ / self.scale_).astype(np.float32))(x)
         x = keras.layers.Dropout(self.dropout, seed=self.seed)(x)
         if n_classes == 2:
             outputs = keras.layers.Dense(1, activation="sigmoid")(x)

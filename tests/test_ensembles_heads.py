@@ -190,3 +190,15 @@ def test_column_stats_keep_tiny_but_varying_columns():
     mean, scale = column_stats(X)
     assert scale[0] == pytest.approx(np.std(X[:, 0].astype(np.float64)), rel=1e-3)
     assert scale[1] == 1.0  # constant column: never divided by zero
+
+
+def test_standardised_dropout_head_is_blind_to_feature_scale():
+    # Keras' Normalization floors the deviation at 1e-7 and would erase features ~1e-17.
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    X = (rng.normal(size=(120, 64)) + y[:, None] * 0.5).astype(np.float32)
+    unit = DropoutHead(epochs=5).fit(X, y).predict_proba(X)
+    tiny = DropoutHead(epochs=5).fit(X * np.float32(1e-17), y).predict_proba(
+        X * np.float32(1e-17))
+    np.testing.assert_allclose(tiny, unit, atol=1e-4)
+    assert abs(unit[:, 1] - 0.5).max() > 0.05  # it learned something, not a constant
