@@ -18,6 +18,7 @@ from sklearn.metrics import log_loss
 
 from competition.demo import generate_demo
 from tests.cli_runner import run_harness
+from tests.image_files import write_jpeg
 
 CONFIG = """
 competition = "demo"
@@ -68,3 +69,54 @@ def test_submit_writes_a_validated_csv_and_reuses_features(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert features.stat().st_mtime_ns == mtime
     assert "reus" in second.stderr.lower()
+
+
+MULTICLASS_CONFIG = """
+workspace = "ws"
+data_dir = "data"
+[competition]
+name = "tiny-multiclass"
+base = "generic-folders"
+[features]
+backbones = ["mobilenet_025"]
+weights = "none"
+[cv]
+folds = 3
+[ensembles.mobilenet-logreg]
+backbones = ["mobilenet_025"]
+head = "logreg"
+[ensembles.mobilenet-dropout]
+backbones = ["mobilenet_025"]
+head = "dropout"
+[blends.both]
+members = ["mobilenet-logreg", "mobilenet-dropout"]
+method = "mean"
+"""
+COLOURS = {"ant": (220, 40, 40), "bee": (40, 200, 40), "wasp": (40, 40, 220)}
+
+
+@pytest.mark.slow
+def test_folder_per_class_competition_gets_a_probability_column_per_class(tmp_path):
+    (tmp_path / "harness.toml").write_text(MULTICLASS_CONFIG)
+    for k, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(9):
+            write_jpeg(tmp_path / "data" / "train" / name / f"{i}.jpg", seed=100 * k + i,
+                       colour=colour)
+    truth = {}
+    for test_id in range(1, 13):
+        name = list(COLOURS)[test_id % 3]
+        write_jpeg(tmp_path / "data" / "test" / f"t{test_id}.jpg", seed=900 + test_id,
+                   colour=COLOURS[name])
+        truth[f"t{test_id}"] = name
+    # Kaggle's multiclass samples list class columns in their own order, not ours.
+    sample = pd.DataFrame({"id": list(truth), "wasp": 1 / 3, "ant": 1 / 3, "bee": 1 / 3})
+    sample.to_csv(tmp_path / "data" / "sample_submission.csv", index=False)
+
+    result = harness("submit", "--ensemble", "both", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "ws" / "submissions" / "tiny-multiclass-both.csv")
+    assert list(table.columns) == ["id", "wasp", "ant", "bee"]
+    assert table["id"].tolist() == list(truth)
+    np.testing.assert_allclose(table[["wasp", "ant", "bee"]].sum(axis=1), 1.0, atol=1e-6)
+    predicted = table[["wasp", "ant", "bee"]].idxmax(axis=1)
+    assert (predicted == table["id"].map(truth)).mean() >= 0.75
