@@ -148,6 +148,35 @@ class _Timer:
         return "  ".join(f"{name} {seconds:.1f}s" for name, seconds in self.seconds.items())
 
 
+def _import_tensorflow(args: argparse.Namespace) -> None:
+    """Import TensorFlow, with its native start-up chatter captured unless --verbose.
+
+    TensorFlow's C++ start-up lines (oneDNN notice, CUDA stubs, cuInit on CPU machines)
+    ignore TF_CPP_MIN_LOG_LEVEL; they are shown again only if the import fails. Called
+    after the cheap input checks, so that bad input fails fast.
+    """
+    import tempfile
+
+    if args.verbose or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 # --- verbs -----------------------------------------------------------------------------
 
 def cmd_competitions(config: Config, args: argparse.Namespace) -> None:
@@ -158,6 +187,7 @@ def cmd_competitions(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_backbones(config: Config, args: argparse.Namespace) -> None:
+    _import_tensorflow(args)
     from features.backbones import BACKBONES
 
     for name, spec in BACKBONES.items():
@@ -197,7 +227,15 @@ def run_features(config: Config, args: argparse.Namespace) -> object:
     ensure_data(config)
     check_sample_submission(config.spec, config.data_dir,
                             list_test_images(config.spec, config.data_dir))
-    # Imported only now: TensorFlow takes seconds to load, and bad input should fail fast.
+    from features.backbones import get_backbone
+    from features.weights import resolve_weights
+
+    # Unknown backbones and missing weight files fail here, before TensorFlow's seconds
+    # of start-up.
+    for backbone, _ in config.feature_sets():
+        get_backbone(backbone)
+        resolve_weights(backbone, config.features, config.spec)
+    _import_tensorflow(args)
     from features.extract import extract_for_config, merge_shards
 
     merge = getattr(args, "merge", None)
@@ -216,6 +254,7 @@ def cmd_features(config: Config, args: argparse.Namespace) -> None:
 
 def run_ensembles(config: Config, args: argparse.Namespace) -> list:
     """Cross-validate the ensembles and blends, print and save the comparison table."""
+    _import_tensorflow(args)
     from ensembles.report import format_table, report_table
     from ensembles.run import run_ensembles as run
 
