@@ -137,6 +137,18 @@ def _choice(value: Any, allowed: tuple[str, ...], what: str, source: Path | None
     return value
 
 
+def _int(value: Any, what: str, source: Path | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HarnessError(f"{_where(source)}: {what} must be a whole number, got {value!r}")
+    return value
+
+
+def _table(value: Any, what: str, source: Path | None) -> dict:
+    if not isinstance(value, dict):
+        raise HarnessError(f"{_where(source)}: {what} must be a table ([{what}]), got {value!r}")
+    return value
+
+
 def _string_list(value: Any, what: str, source: Path | None) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v for v in value.replace(",", " ").split() if v]
@@ -164,6 +176,10 @@ def _spec_from(value: Any, source: Path | None) -> CompetitionSpec:
     table = dict(value)
     name = table.pop("name")
     base = table.pop("base", name if name in CATALOG else "generic-folders")
+    if name not in CATALOG:
+        # A new slug is a Kaggle competition unless the table says otherwise, even when
+        # its layout comes from a local-only generic base.
+        table.setdefault("downloadable", True)
     fields = {f.name for f in dataclasses.fields(CompetitionSpec)} - {"slug"}
     _check_keys(table, fields, "[competition]", source)
     if "classes" in table:
@@ -178,15 +194,17 @@ def _features_from(table: dict, base: Path, source: Path | None) -> FeaturesConf
     weights_for: dict[str, str] = {}
     if isinstance(weights, dict):
         weights_for, weights = {k: str(v) for k, v in weights.items()}, "auto"
-    weights_for.update({k: str(v) for k, v in table.get("weights_for", {}).items()})
+    weights_for.update({k: str(v) for k, v in
+                        _table(table.get("weights_for", {}), "features.weights_for",
+                               source).items()})
     return FeaturesConfig(
         backbones=_string_list(table.get("backbones", list(DEFAULT_BACKBONES)),
                                "[features] backbones", source),
         weights=str(weights),
         weights_for=weights_for,
         weights_dir=_path(table.get("weights_dir"), base),
-        batch_size=int(table.get("batch_size", 0)),
-        threads=int(table.get("threads", 0)),
+        batch_size=_int(table.get("batch_size", 0), "[features] batch_size", source),
+        threads=_int(table.get("threads", 0), "[features] threads", source),
         tta=_choice(table.get("tta", "none"), TTA_MODES, "[features] tta", source),
         precision=_choice(table.get("precision", "float32"), PRECISIONS,
                           "[features] precision", source),
@@ -197,9 +215,7 @@ def _ensembles_from(tables: dict, default_tta: str, source: Path | None) -> dict
     ensembles = {}
     for name, table in tables.items():
         section = f"[ensembles.{name}]"
-        if not isinstance(table, dict):
-            raise HarnessError(f"{_where(source)}: {section} must be a table")
-        table = dict(table)
+        table = dict(_table(table, f"ensembles.{name}", source))
         # A preset (resolved by the ensembles stage) supplies backbones and head itself.
         if "preset" not in table:
             for required in ("backbones", "head"):
@@ -222,7 +238,7 @@ def _blends_from(tables: dict, source: Path | None) -> dict:
     blends = {}
     for name, table in tables.items():
         section = f"[blends.{name}]"
-        table = dict(table)
+        table = dict(_table(table, f"blends.{name}", source))
         if "members" not in table:
             raise HarnessError(f"{_where(source)}: {section} needs members = [...]")
         blends[name] = BlendConfig(
@@ -235,16 +251,23 @@ def _blends_from(tables: dict, source: Path | None) -> dict:
     return blends
 
 
-def _clip_from(value: Any, source: Path | None) -> str | tuple[float, float]:
+def parse_clip(value: Any, where: str) -> str | tuple[float, float]:
+    """A clip setting: "auto", "none" or (low, high) with 0 <= low < high <= 1.
+
+    Shared by [submission] clip and an ensemble's own `clip` parameter.
+
+    Raises:
+        HarnessError: naming `where` and the accepted forms.
+    """
     if value in ("auto", "none"):
         return value
-    if (isinstance(value, list) and len(value) == 2
-            and all(isinstance(v, (int, float)) for v in value)
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             and 0 <= value[0] < value[1] <= 1):
         return (float(value[0]), float(value[1]))
     raise HarnessError(
-        f"{_where(source)}: [submission] clip must be \"auto\", \"none\" or [low, high] "
-        f"with 0 <= low < high <= 1, got {value!r}"
+        f"{where}: clip = {value!r} must be \"auto\", \"none\" or [low, high] "
+        "with 0 <= low < high <= 1"
     )
 
 
@@ -289,7 +312,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     file_data_dir = None if "competition" in overrides else _path(raw.get("data_dir"), base)
     data_dir = _path(overrides.get("data_dir"), cwd) or file_data_dir or workspace_root / "data"
 
-    features_table = dict(raw.get("features", {}))
+    features_table = dict(_table(raw.get("features", {}), "features", source))
     for key in ("weights_dir", "backbones", "weights", "tta", "precision", "batch_size",
                 "threads"):
         if key in overrides:
@@ -297,21 +320,27 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             features_table[key] = str(Path(value).resolve()) if key == "weights_dir" else value
     features = _features_from(features_table, base, source)
 
-    ensembles = _ensembles_from(raw.get("ensembles", {}), features.tta, source)
-    blends = _blends_from(raw.get("blends", {}), source)
-    cv_table = raw.get("cv", {})
+    ensembles = _ensembles_from(_table(raw.get("ensembles", {}), "ensembles", source),
+                                features.tta, source)
+    blends = _blends_from(_table(raw.get("blends", {}), "blends", source), source)
+    clash = sorted(set(ensembles) & set(blends))
+    if clash:
+        raise HarnessError(f"{_where(source)}: {clash[0]!r} names both an ensemble and a blend; "
+                           "rename one (their predictions are saved under the name)")
+    cv_table = _table(raw.get("cv", {}), "cv", source)
     _check_keys(cv_table, {"folds", "seed", "test_predictions"}, "[cv]", source)
     cv = CVConfig(
-        folds=int(cv_table.get("folds", 5)),
-        seed=int(cv_table.get("seed", 0)),
+        folds=_int(cv_table.get("folds", 5), "[cv] folds", source),
+        seed=_int(cv_table.get("seed", 0), "[cv] seed", source),
         test_predictions=_choice(cv_table.get("test_predictions", "refit"), TEST_PREDICTIONS,
                                  "[cv] test_predictions", source),
     )
     if cv.folds < 2:
         raise HarnessError(f"{_where(source)}: [cv] folds must be at least 2, got {cv.folds}")
-    submission_table = raw.get("submission", {})
+    submission_table = _table(raw.get("submission", {}), "submission", source)
     _check_keys(submission_table, {"clip"}, "[submission]", source)
-    submission = SubmissionConfig(clip=_clip_from(submission_table.get("clip", "auto"), source))
+    submission = SubmissionConfig(clip=parse_clip(submission_table.get("clip", "auto"),
+                                                  f"{_where(source)}: [submission]"))
     return Config(
         spec=spec,
         workspace=Workspace(workspace_root),

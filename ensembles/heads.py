@@ -158,17 +158,23 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
                 X = X.copy()
             X -= self.mean_
             X /= self.scale_
-        if isinstance(self.C, (list, tuple)):
-            folds = StratifiedKFold(3, shuffle=True, random_state=self.seed)
-            model = LogisticRegressionCV(Cs=[float(c) for c in self.C], cv=folds,
-                                         scoring="neg_log_loss", max_iter=self.max_iter,
-                                         tol=self.tol)
+        grid = [float(c) for c in self.C] if isinstance(self.C, (list, tuple)) else None
+        inner_folds = min(3, int(np.bincount(codes).min()))
+        if grid and inner_folds < 2:
+            # Too few rows of some class to choose C by cross-validation: take the middle.
+            logger.warning("too few rows per class to choose C from %s; using C=%g",
+                           grid, sorted(grid)[len(grid) // 2])
+            grid = [sorted(grid)[len(grid) // 2]]
+        if grid and len(grid) > 1:
+            folds = StratifiedKFold(inner_folds, shuffle=True, random_state=self.seed)
+            model = LogisticRegressionCV(Cs=grid, cv=folds, scoring="neg_log_loss",
+                                         max_iter=self.max_iter, tol=self.tol)
             model.fit(X, codes)
             self.C_ = float(np.ravel(model.C_)[0])
         else:
-            model = LogisticRegression(C=float(self.C), max_iter=self.max_iter, tol=self.tol)
+            self.C_ = grid[0] if grid else float(self.C)
+            model = LogisticRegression(C=self.C_, max_iter=self.max_iter, tol=self.tol)
             model.fit(X, codes)
-            self.C_ = float(self.C)
         self.model_ = model
         self.n_iter_ = int(np.max(model.n_iter_))
         return self

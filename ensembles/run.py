@@ -24,15 +24,16 @@ import numpy as np
 from sklearn.base import clone
 from tqdm import tqdm
 
-from competition.config import BlendConfig, Config, EnsembleConfig
+from competition.config import BlendConfig, Config, EnsembleConfig, parse_clip
 from competition.errors import HarnessError
 from ensembles import cv
 from ensembles.blend import blend, check_blend_params
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.heads import head_params, make_head
 from ensembles.presets import default_ensembles, resolve_preset
-from ensembles.report import format_table, report_table, write_report
+from ensembles.report import report_table, write_report
 from ensembles.results import EnsembleResult, load_result, save_result, saved_key
+from features.backbones import get_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,7 @@ ALGORITHM_VERSION = 1
 
 def _clip_policy(config: Config, params: dict[str, Any], name: str) -> str | tuple:
     """The clip setting for one ensemble: its own `clip` param, else [submission] clip."""
-    value = params.get("clip", config.submission.clip)
-    if value in ("auto", "none"):
-        return value
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, (int, float)) for v in value) and 0 <= value[0] < value[1] <= 1):
-        return (float(value[0]), float(value[1]))
-    raise HarnessError(f"ensemble {name!r}: clip = {value!r} must be \"auto\", \"none\" or "
-                       "[low, high] with 0 <= low < high <= 1")
+    return parse_clip(params.get("clip", config.submission.clip), f"ensemble {name!r}")
 
 
 def _clip_for(config: Config, policy: str | tuple, labels: np.ndarray,
@@ -268,6 +262,13 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
                                   ensembles, blends)
     order_b = _blend_order(blends, ensembles, wanted_b)
     available = set(config.features.backbones)
+    for name in wanted_e:
+        for backbone in ensembles[name].backbones:
+            if backbone not in available:
+                try:  # an unknown name is a typo, not merely "not selected"
+                    get_backbone(backbone)
+                except HarnessError as exc:
+                    raise HarnessError(f"ensemble {name!r}: {exc}") from None
     skipped: set[str] = set()
     for name in wanted_e:
         missing = [b for b in ensembles[name].backbones if b not in available]
@@ -316,7 +317,7 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
             results[name] = load_result(out_dir, name)
             logger.info("%s: unchanged, reusing saved predictions", name)
             continue
-        if name in ensembles and name in run_e:
+        if name in run_e:
             result = _fit_ensemble(config, ensembles[name], policies[name], keys[name],
                                    progress)
         else:
@@ -329,7 +330,10 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
                     result.fit_seconds)
     ordered = list(results.values())
     table = report_table(ordered)
-    write_report(ordered, out_dir)
-    logger.debug("ensembles by CV score:\n%s", format_table(table))
+    if names:
+        # A partial run must not replace the full comparison with a few rows.
+        logger.info("report.csv/md not rewritten: only %s ran", ", ".join(results))
+    else:
+        write_report(ordered, out_dir)
     by_name = {r.name: r for r in ordered}
     return [by_name[n] for n in table["name"]]

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload = verb("upload", "upload a validated CSV with the kaggle client and verify it")
     upload.add_argument("--ensemble", help="which ensemble (default: best CV score)")
     upload.add_argument("--file", type=Path, help="upload this CSV instead of an ensemble's")
-    upload.add_argument("--cv", type=float, help="CV score to record with --file")
+    upload.add_argument("--cv", type=float, help="CV score to record with --file (only)")
     upload.add_argument("--force", action="store_true", help="upload even an already-uploaded file")
 
     verb("leaderboard", "fetch your scores and compare them with CV scores")
@@ -205,6 +205,15 @@ def ensure_data(config: Config) -> None:
             f"data folder {config.data_dir} does not exist; run `harness download` "
             f"(make data) or pass --data-dir / DATA_DIR"
         )
+    else:
+        from competition.download import COMPLETION_RECORD
+
+        archive = config.data_dir / f"{config.spec.slug}.zip"
+        if archive.is_file() and not (config.data_dir / COMPLETION_RECORD).is_file():
+            raise HarnessError(
+                f"{archive} was downloaded but not completely unpacked (no "
+                f"{COMPLETION_RECORD}); rerun `harness download` (make data) to finish"
+            )
 
 
 def cmd_demo_data(config: Config, args: argparse.Namespace) -> None:
@@ -268,44 +277,34 @@ def cmd_ensembles(config: Config, args: argparse.Namespace) -> None:
     run_ensembles(config, args)
 
 
-def write_submissions(config: Config, results: list, only: str | None) -> list[Path]:
-    """Write and validate one CSV per ensemble (or only `only`)."""
+def write_submission_for(config: Config, result) -> Path:
+    """Write and validate the CSV of one ensemble result; returns its path."""
     from submissions.writer import submission_path, write_submission
 
-    chosen = [r for r in results if only in (None, r.name)]
-    if only and not chosen:
-        known = ", ".join(r.name for r in results)
-        raise HarnessError(f"unknown ensemble {only!r}; known: {known}")
-    paths = []
-    for result in chosen:
-        path = submission_path(config.workspace.submissions_dir, config.spec, result.name)
-        write_submission(path, config.spec, config.data_dir, result.test_ids,
-                         result.test_proba, result.classes, result.clip)
-        paths.append(path)
-    return paths
+    path = submission_path(config.workspace.submissions_dir, config.spec, result.name)
+    return write_submission(path, config.spec, config.data_dir, result.test_ids,
+                            result.test_proba, result.classes, result.clip)
 
 
-def _score(result) -> float:
-    return result.cv_log_loss_clipped if result.metric == "log_loss" else result.cv_accuracy
-
-
-def best_result(results: list, lower_is_better: bool):
-    """The result with the best CV score for the competition's metric."""
-    return (min if lower_is_better else max)(results, key=_score)
+def _pick(results: list, name: str | None) -> list:
+    """`results` (best first), or only the one called `name`."""
+    chosen = [r for r in results if name in (None, r.name)]
+    if name and not chosen:
+        known = ", ".join(r.name for r in results) or "none"
+        raise HarnessError(f"unknown ensemble {name!r}; known: {known}")
+    return chosen
 
 
 def cmd_submit(config: Config, args: argparse.Namespace) -> None:
     timer = _Timer()
     timer.run("features", run_features, config, args)
     results = timer.run("ensembles", run_ensembles, config, args)
-    paths = timer.run("submissions", write_submissions, config, results, args.ensemble)
-    best = best_result([r for r in results if args.ensemble in (None, r.name)],
-                       config.spec.lower_is_better)
+    chosen = _pick(results, args.ensemble)  # best CV score first, as run_ensembles returns
+    paths = timer.run("submissions", lambda: [write_submission_for(config, r) for r in chosen])
     for path in paths:
         print(f"validated: {path}")
-    best_path = next(p for p in paths if p.stem.endswith(f"-{best.name}"))
     metric = "log loss" if config.spec.metric == "log_loss" else "accuracy"
-    print(f"best by CV {metric}: {best.name} ({_score(best):.4f}) -> {best_path}")
+    print(f"best by CV {metric}: {chosen[0].name} ({chosen[0].cv_score:.4f}) -> {paths[0]}")
     print(f"stage times: {timer.summary()}")
 
 
@@ -313,27 +312,21 @@ def _chosen_upload(config: Config, args: argparse.Namespace) -> tuple[Path, str,
     """The CSV to upload, its ensemble name and CV score: --file, --ensemble, or the best."""
     if args.file:
         return args.file, args.ensemble or args.file.stem, args.cv
-    from ensembles.results import result_path, load_result
+    if args.cv is not None:
+        raise HarnessError("--cv goes with --file; an ensemble's CSV carries its own CV score")
+    from ensembles.results import load_result, result_path
     from ensembles.run import configured_ensembles
-    from submissions.writer import submission_path
 
     names = list(configured_ensembles(config)) + list(config.blends)
     results = [load_result(config.workspace.ensembles_dir, name) for name in names
                if result_path(config.workspace.ensembles_dir, name).is_file()]
     if not results:
         raise HarnessError("no ensemble results yet; run `harness submit` (make submit) first")
-    if args.ensemble:
-        matches = [r for r in results if r.name == args.ensemble]
-        if not matches:
-            known = ", ".join(r.name for r in results)
-            raise HarnessError(f"unknown ensemble {args.ensemble!r}; known: {known}")
-        chosen = matches[0]
-    else:
-        chosen = best_result(results, config.spec.lower_is_better)
-    path = submission_path(config.workspace.submissions_dir, config.spec, chosen.name)
-    if not path.is_file():
-        raise HarnessError(f"{path} does not exist; run `harness submit --ensemble {chosen.name}`")
-    return path, chosen.name, _score(chosen)
+    results.sort(key=lambda r: r.cv_score, reverse=not config.spec.lower_is_better)
+    chosen = _pick(results, args.ensemble)[0]
+    # Written again from the saved predictions, so the file always matches the CV score
+    # in its message (a CSV left from an earlier fit would not).
+    return write_submission_for(config, chosen), chosen.name, chosen.cv_score
 
 
 def cmd_upload(config: Config, args: argparse.Namespace) -> None:

@@ -37,7 +37,8 @@ def format_predictions(
     """Turn per-class probabilities into the submission table, rows in the sample's order.
 
     Binary log-loss competitions get the clipped probability of `classes[1]`; accuracy
-    competitions get the predicted class index; multiclass ones get one clipped,
+    competitions get the predicted class (index 0/1 when binary, else its name); multiclass
+    log-loss ones get one clipped,
     renormalised probability column per class, named as in the sample submission.
 
     Raises:
@@ -67,7 +68,10 @@ def format_predictions(
             raise HarnessError(
                 f"{spec.slug}: an accuracy submission needs one label column, sample has {columns}"
             )
-        table[columns[0]] = rows.argmax(axis=1)
+        best = rows.argmax(axis=1)
+        # Binary accuracy competitions (the original Dogs vs. Cats) want 0/1; multiclass
+        # ones want the class name.
+        table[columns[0]] = best if spec.task == "binary" else np.asarray(classes)[best]
         return table
     if clip is not None:
         rows = np.clip(rows, clip[0], clip[1])
@@ -84,11 +88,13 @@ def format_predictions(
     return table
 
 
-def validate_submission(path: Path, spec: CompetitionSpec, data_dir: Path) -> pd.DataFrame:
+def validate_submission(path: Path, spec: CompetitionSpec, data_dir: Path,
+                        classes: tuple[str, ...] = ()) -> pd.DataFrame:
     """Check a submission CSV against the sample submission and return it.
 
     Checks: same columns, same ids in the same order (so same row count), no missing
-    values, probabilities in [0, 1] (or class labels for accuracy competitions).
+    values, probabilities in [0, 1], or for accuracy competitions class labels: 0/1 when
+    binary, else one of `classes` (any non-empty name when `classes` is not given).
 
     Raises:
         HarnessError: naming the file and the first problem found.
@@ -113,6 +119,14 @@ def validate_submission(path: Path, spec: CompetitionSpec, data_dir: Path) -> pd
             f"has {sample[spec.id_column].iloc[row]!r} (ids must match the sample, in order)"
         )
     for column in _label_columns(spec, sample):
+        if spec.metric == "accuracy" and spec.task == "multiclass":
+            allowed = set(classes) if classes else None
+            bad = table[column].eq("") if allowed is None else ~table[column].isin(allowed)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise HarnessError(f"{path}: column {column!r} row {row + 1} is "
+                                   f"{table[column].iloc[row]!r}, not a class name")
+            continue
         values = pd.to_numeric(table[column], errors="coerce")
         if values.isna().any():
             row = int(np.flatnonzero(values.isna())[0])
@@ -121,8 +135,8 @@ def validate_submission(path: Path, spec: CompetitionSpec, data_dir: Path) -> pd
                 "not a number"
             )
         if spec.metric == "accuracy":
-            bad = ~values.isin(range(max(2, len(spec.classes))))
-            what = "a class label"
+            bad = ~values.isin((0, 1))
+            what = "a class label (0 or 1)"
         else:
             bad = (values < 0) | (values > 1)
             what = "a probability in [0, 1]"
@@ -156,7 +170,7 @@ def write_submission(
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             table.to_csv(handle, index=False)
-        validate_submission(Path(tmp_name), spec, data_dir)
+        validate_submission(Path(tmp_name), spec, data_dir, classes)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -78,3 +78,12 @@ def test_demo_data_is_generated_into_the_workspace(tmp_path):
     result = harness("demo-data", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "work" / "demo" / "data" / "train" / "circle.0.jpg").is_file()
+
+
+def test_half_unpacked_download_is_not_used(tmp_path):
+    data = write_competition(tmp_path / "data", n_per_class=2, n_test=2)
+    (data / "dogs-vs-cats-redux-kernels-edition.zip").write_bytes(b"PK")  # no completion record
+    result = harness("--competition", "dogs-vs-cats-redux-kernels-edition", "--data-dir", "data",
+                     "features", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not completely unpacked" in result.stderr and "harness download" in result.stderr

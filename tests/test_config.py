@@ -82,7 +82,13 @@ method = "weights"
         ('[features]\ntta = "mirror"', "tta = 'mirror' is not one of none, flip, crops"),
         ('[ensembles.x]\nbackbones = ["xception"]', "\\[ensembles.x\\] needs head"),
         ('[ensembles.x]\nbackbones = ["xception"]\nhead = "svm"', "head = 'svm' is not one of"),
-        ('[submission]\nclip = [0.9, 0.1]', "clip must be"),
+        ('[submission]\nclip = [0.9, 0.1]', "\\[submission\\]: clip = \\[0.9, 0.1\\] must be"),
+        ('[cv]\nfolds = "five"', "\\[cv\\] folds must be a whole number, got 'five'"),
+        ('[cv]\nfolds = 2.7', "\\[cv\\] folds must be a whole number, got 2.7"),
+        ('cv = 5', "cv must be a table"),
+        ('[features]\nweights_for = "x"', "features.weights_for must be a table"),
+        ('[ensembles.x]\nbackbones = ["xception"]\nhead = "logreg"\n[blends.x]\nmembers = ["x"]',
+         "'x' names both an ensemble and a blend"),
         ('[cv]\nfolds = 1', "folds must be at least 2"),
         ('competition = "nope"', "unknown competition 'nope'"),
         ('competition = [', "not valid TOML"),
@@ -103,3 +109,5 @@ def test_custom_competition_table(tmp_path):
                                           'metric = "accuracy"\n'))
     assert config.spec.slug == "plant-seedlings"
     assert config.spec.train_layout == "folders" and config.spec.metric == "accuracy"
+    # A new slug is a Kaggle competition (download/upload work) unless it says otherwise.
+    assert config.spec.downloadable

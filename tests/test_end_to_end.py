@@ -68,7 +68,8 @@ def test_submit_writes_a_validated_csv_and_reuses_features(tmp_path):
     second = harness("submit", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert features.stat().st_mtime_ns == mtime
-    assert "reus" in second.stderr.lower()
+    assert "mobilenet_025 reused" in second.stderr
+    assert "mobilenet-logreg: unchanged, reusing saved predictions" in second.stderr
 
 
 MULTICLASS_CONFIG = """

@@ -202,3 +202,11 @@ def test_standardised_dropout_head_is_blind_to_feature_scale():
         X * np.float32(1e-17))
     np.testing.assert_allclose(tiny, unit, atol=1e-4)
     assert abs(unit[:, 1] - 0.5).max() > 0.05  # it learned something, not a constant
+
+
+def test_c_grid_on_too_few_rows_per_class_falls_back_to_the_middle_c(caplog):
+    X = np.array([[0.0], [0.1], [1.0], [1.1], [2.0]], dtype=np.float32)
+    y = np.array([0, 0, 1, 1, 2])  # one row of class 2: no stratified inner CV possible
+    head = LogisticHead(C=[0.1, 1.0, 10.0]).fit(X, y)
+    assert head.C_ == 1.0 and "too few rows per class" in caplog.text
+    assert head.predict_proba(X).shape == (5, 3)

@@ -143,16 +143,20 @@ def test_only_what_changed_runs_again(binary, tmp_path):
 
 
 def test_fold_mean_and_accuracy_competition(tmp_path):
-    config = make_config(tmp_path, "[ensembles.lr]\nbackbones=['a']\nhead='logreg'\n"
-                         "[cv2]\n".replace("[cv2]\n", ""), backbones=["a"],
-                         competition='"dogs-vs-cats"')
-    config = dataclasses.replace(config, cv=dataclasses.replace(config.cv,
-                                                               test_predictions="fold-mean"))
-    synthetic_features(config.workspace.features_dir, {"a": 6}, classes=["cat", "dog"])
+    refit = make_config(tmp_path, "[ensembles.lr]\nbackbones=['a']\nhead='logreg'\n",
+                        backbones=["a"], competition='"dogs-vs-cats"')
+    synthetic_features(refit.workspace.features_dir, {"a": 6}, classes=["cat", "dog"])
+    (refitted,) = run_ensembles(refit, progress=False)
+    config = dataclasses.replace(refit, cv=dataclasses.replace(refit.cv,
+                                                              test_predictions="fold-mean"))
     (result,) = run_ensembles(config, progress=False)
+    assert not result.reused  # the test-prediction mode is part of the saved key
     assert result.metric == "accuracy" and result.clip is None
     assert result.cv_log_loss_clipped == result.cv_log_loss
     np.testing.assert_allclose(result.test_proba.sum(axis=1), 1.0)
+    # Same out-of-fold predictions, different test predictions (mean of 5 fold models).
+    np.testing.assert_allclose(result.oof_proba, refitted.oof_proba)
+    assert np.abs(result.test_proba - refitted.test_proba).max() > 1e-6
 
 
 @pytest.mark.slow
@@ -212,15 +216,28 @@ def test_seed004_preset_reproduces_the_recipe(tmp_path):
     assert all(h["val_loss"][-1] < h["val_loss"][0] - 0.01 for h in result.histories)
 
 
-def test_skips_ensembles_whose_backbones_were_not_selected(binary):
+def test_skips_ensembles_whose_backbones_were_not_selected(tmp_path):
+    # Registry backbones outside the selection (--backbones) are skipped, not errors.
+    config = make_config(tmp_path, "[ensembles.x]\nbackbones=['xception']\nhead='logreg'\n"
+                         "[ensembles.xr]\nbackbones=['xception','resnet50']\nhead='logreg'\n",
+                         backbones=["xception", "resnet50"])
+    synthetic_features(config.workspace.features_dir, {"xception": 4, "resnet50": 4},
+                       classes=["circle", "square"], n_train=60)
+    only_x = dataclasses.replace(config, features=dataclasses.replace(config.features,
+                                                                      backbones=("xception",)))
+    assert [r.name for r in run_ensembles(only_x, progress=False)] == ["x"]
+    only_vgg = dataclasses.replace(config, features=dataclasses.replace(config.features,
+                                                                        backbones=("vgg16",)))
+    with pytest.raises(HarnessError, match="no ensemble can run with backbones vgg16"):
+        run_ensembles(only_vgg, progress=False)
+
+
+def test_unknown_backbone_outside_the_selection_is_a_typo(binary):
     config, _ = binary
     only_a = dataclasses.replace(config, features=dataclasses.replace(config.features,
                                                                       backbones=("a",)))
-    assert [r.name for r in run_ensembles(only_a, progress=False)] == ["a-lr"]
-    only_c = dataclasses.replace(config, features=dataclasses.replace(config.features,
-                                                                      backbones=("c",)))
-    with pytest.raises(HarnessError, match="no ensemble can run with backbones c"):
-        run_ensembles(only_c, progress=False)
+    with pytest.raises(HarnessError, match="ensemble '(ab|b)-lr': unknown backbone 'b'"):
+        run_ensembles(only_a, progress=False)
 
 
 def test_default_ensembles_when_none_configured(tmp_path):

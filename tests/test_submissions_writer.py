@@ -79,3 +79,16 @@ def test_validation_names_the_file_and_the_problem(tmp_path, data_dir, body, mes
     path.write_text(body)
     with pytest.raises(HarnessError, match=message):
         validate_submission(path, REDUX, data_dir)
+
+
+def test_multiclass_accuracy_competitions_get_class_names(tmp_path):
+    spec = get_spec("generic-folders").__class__(
+        slug="species", task="multiclass", metric="accuracy", train_layout="folders")
+    (tmp_path / "sample_submission.csv").write_text("id,species\na,x\nb,x\nc,x\n")
+    proba = np.array([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1], [0.2, 0.5, 0.3]])
+    path = write_submission(tmp_path / "s.csv", spec, tmp_path, np.array(["a", "b", "c"]),
+                            proba, ("ant", "bee", "wasp"), None)
+    assert path.read_text().split() == ["id,species", "a,wasp", "b,ant", "c,bee"]
+    (tmp_path / "bad.csv").write_text("id,species\na,wasp\nb,moth\nc,bee\n")
+    with pytest.raises(HarnessError, match="row 2 is 'moth', not a class name"):
+        validate_submission(tmp_path / "bad.csv", spec, tmp_path, ("ant", "bee", "wasp"))
