@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -164,8 +164,3 @@ def load_result(ensembles_dir: Path, name: str) -> EnsembleResult:
             params=json.loads(a["params"]), histories=json.loads(a["histories"]),
             key=str(a["key"]),
         )
-
-
-def as_fresh(result: EnsembleResult) -> EnsembleResult:
-    """A copy marked as computed in this run."""
-    return replace(result, reused=False)
