@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from competition.archives import extract_nested, safe_extract
+from competition.atomic import atomic_path
 from competition.errors import HarnessError
 from competition.kaggle_api import (
     DEFAULT_RETRY,
@@ -58,10 +57,8 @@ def _write_record(data_dir: Path, slug: str, files: list[Path]) -> None:
         "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": {p.relative_to(data_dir).as_posix(): p.stat().st_size for p in files},
     }
-    fd, tmp = tempfile.mkstemp(prefix=".harness-download.", suffix=".tmp", dir=data_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(tmp, data_dir / COMPLETION_RECORD)
+    with atomic_path(data_dir / COMPLETION_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def download_competition(

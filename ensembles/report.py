@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from competition.atomic import atomic_path
 from ensembles.results import EnsembleResult
 
 logger = logging.getLogger(__name__)
@@ -51,9 +51,8 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _safe(name: str) -> str:
@@ -87,7 +86,8 @@ def plot_history(result: EnsembleResult, path: Path) -> Path | None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result.name}: training (solid) and validation (dashed) per fold")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
 
@@ -125,7 +125,8 @@ def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path
     ax.set_title(f"{result.name}: reliability (CV log loss {result.cv_log_loss:.4f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
 

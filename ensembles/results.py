@@ -18,13 +18,13 @@ Written to a temporary name and renamed, so a crash never leaves a half-written 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from competition.atomic import atomic_path
 from competition.errors import HarnessError
 
 STRING = h5py.string_dtype()
@@ -78,9 +78,7 @@ def result_path(ensembles_dir: Path, name: str) -> Path:
 def save_result(ensembles_dir: Path, result: EnsembleResult) -> Path:
     """Write `result` atomically (temporary file + rename); returns its path."""
     path = result_path(ensembles_dir, result.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             oof = f.create_group("oof")
             oof.create_dataset("ids", data=np.asarray(result.oof_ids, dtype=object), dtype=STRING)
@@ -109,10 +107,6 @@ def save_result(ensembles_dir: Path, result: EnsembleResult) -> Path:
             }
             f.attrs.update(attrs)
             f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

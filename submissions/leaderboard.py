@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from competition.atomic import atomic_path
 from competition.errors import HarnessError
 from competition.kaggle_api import DEFAULT_RETRY, RetryPolicy, kaggle_session, local_only_error
 from competition.spec import CompetitionSpec
@@ -154,15 +153,8 @@ def _plot(spec: CompetitionSpec, table: pd.DataFrame, path: Path) -> Path | None
     axes.set_title(f"{spec.slug}: CV vs public score")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

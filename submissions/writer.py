@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from competition.atomic import atomic_path
 from competition.errors import HarnessError
 from competition.images import read_sample_submission
 from competition.spec import CompetitionSpec
@@ -165,16 +164,9 @@ def write_submission(
     path = Path(path)
     sample = read_sample_submission(spec, data_dir)
     table = format_predictions(spec, sample, ids, proba, classes, clip)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
-        validate_submission(Path(tmp_name), spec, data_dir, classes)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+        validate_submission(tmp, spec, data_dir, classes)
     logger.debug("wrote %s (%d rows, validated against %s)", path, len(table),
                 spec.sample_submission)
     return path

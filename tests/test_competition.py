@@ -125,3 +125,18 @@ def test_demo_refuses_to_overwrite_foreign_files(tmp_path):
     with pytest.raises(HarnessError, match="did not write"):
         generate_demo(tmp_path, n_train=4, n_test=2)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    from competition.atomic import atomic_path
+
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
