@@ -6,7 +6,14 @@ Prints, from one run on N real photos (default 200):
       shuffle) + `model.predict` pass per backbone,
   (c) the model-only bound: each backbone's `predict` on pre-decoded, pre-resized tensors,
 ratios a/b and a/c, images/s, the fraction of the fp32 roofline, warm-rerun/cold time,
-and peak RSS at N and 4N images (separate processes).
+and peak RSS at N and 4N images (separate processes), then a summary with PASS/MISS per
+target (a/b >= 1.3, a/c >= 1.0, warm/cold <= 0.02, RSS(4N)/RSS(N) <= 1.2).
+
+Fairness: (a) and (b) are wall times that include building the models (and, for (a),
+tracing its forward graphs); (c) and the a/c target exclude both (warm-ups trace first).
+The machine is shared, so each phase also reports the share of the CPUs other processes
+used meanwhile; the roofline is given both for the issue's 196 GFLOPS and for the fp32
+matmul peak measured in this run.
 
     python bench/extract.py --n 48                 # small N on a shared machine
     python bench/extract.py --n 200 --sweep        # plus batch/threads/XLA probes
@@ -91,7 +98,10 @@ def seed_recipe(images: ImageList, backbones: list[str]) -> float:
 
 
 def model_only(images: ImageList, backbones: list[str]) -> tuple[float, dict]:
-    """predict on pre-decoded, pre-resized in-memory tensors (decode and build not timed)."""
+    """predict on pre-decoded, pre-resized in-memory tensors (decode and build not timed).
+
+    Returns the sum over backbones of the best of two predict calls, and each backbone's.
+    """
     import tensorflow as tf
 
     from features.backbones import get_backbone
@@ -111,9 +121,13 @@ def model_only(images: ImageList, backbones: list[str]) -> tuple[float, dict]:
         # so neither the full nor the last partial batch traces inside the timed call.
         model.predict(batch[:1], verbose=0)
         model.predict(batch[:2], verbose=0)
-        start = time.perf_counter()
-        model.predict(batch, batch_size=32, verbose=0)
-        per[name] = time.perf_counter() - start
+        # Best of two: predict's throughput on the same array varied up to 1.5x between
+        # consecutive calls on this shared machine; the faster one is the stricter bound.
+        per[name] = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            model.predict(batch, batch_size=32, verbose=0)
+            per[name] = min(per[name], time.perf_counter() - start)
         total += per[name]
     return total, per
 
@@ -257,7 +271,7 @@ def main() -> None:
     print(f"(b) seed recipe (Keras 3): {b:8.2f} s  {n / b:6.2f} img/s  (builds included, as "
           f"the recipe runs)  [others used {busy_b:.0%} of the CPUs]")
     print(f"(c) model-only predict   : {c:8.2f} s  {n / c:6.2f} img/s  (builds and tracing "
-          f"excluded)  [others used {busy_c:.0%} of the CPUs]")
+          f"excluded, best of 2)  [others used {busy_c:.0%} of the CPUs]")
     for name, seconds in per.items():
         print(f"      {name:14s} predict    {seconds:7.2f} s  {n / seconds:6.2f} img/s")
     print(f"measured fp32 matmul peak: {peak:.0f} GFLOPS (TF matmul max rel. error vs float64 "
