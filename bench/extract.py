@@ -6,7 +6,14 @@ Prints, from one run on N real photos (default 200):
       shuffle) + `model.predict` pass per backbone,
   (c) the model-only bound: each backbone's `predict` on pre-decoded, pre-resized tensors,
 ratios a/b and a/c, images/s, the fraction of the fp32 roofline, warm-rerun/cold time,
-and peak RSS at N and 4N images (separate processes).
+and peak RSS at N and 4N images (separate processes), then a summary with PASS/MISS per
+target (a/b >= 1.3, a/c >= 1.0, warm/cold <= 0.02, RSS(4N)/RSS(N) <= 1.2).
+
+Fairness: (a) and (b) are wall times that include building the models (and, for (a),
+tracing its forward graphs); (c) and the a/c target exclude both (warm-ups trace first).
+The machine is shared, so each phase also reports the share of the CPUs other processes
+used meanwhile; the roofline is given both for the issue's 196 GFLOPS and for the fp32
+matmul peak measured in this run.
 
     python bench/extract.py --n 48                 # small N on a shared machine
     python bench/extract.py --n 200 --sweep        # plus batch/threads/XLA probes
@@ -34,7 +41,11 @@ import numpy as np  # noqa: E402
 from competition.images import ImageList, natural_key  # noqa: E402
 
 DATA = Path("/work/shared/data/dogs-vs-cats-mini/train")
-ROOFLINE_IMG_S = 5.4  # ResNet50+InceptionV3+Xception at 196 GFLOPS fp32 (measured peak)
+ISSUE_PEAK_GFLOPS = 196  # the issue's measured fp32 peak: 5.4 img/s for the three backbones
+# Forward GFLOP per image (2 x multiply-adds) at the native size: ResNet50 224 3.9-4.1 G MACs,
+# InceptionV3 299 5.7 G, Xception 299 8.4 G (the papers' and Keras' published counts).
+GFLOP_PER_IMAGE = {"resnet50": 8.2, "inception_v3": 11.4, "xception": 16.7,
+                   "vgg16": 31.0, "mobilenet_025": 0.08}
 
 
 def photos(data: Path, n: int) -> ImageList:
@@ -87,7 +98,10 @@ def seed_recipe(images: ImageList, backbones: list[str]) -> float:
 
 
 def model_only(images: ImageList, backbones: list[str]) -> tuple[float, dict]:
-    """predict on pre-decoded, pre-resized in-memory tensors (decode and build not timed)."""
+    """predict on pre-decoded, pre-resized in-memory tensors (decode and build not timed).
+
+    Returns the sum over backbones of the best of two predict calls, and each backbone's.
+    """
     import tensorflow as tf
 
     from features.backbones import get_backbone
@@ -103,12 +117,70 @@ def model_only(images: ImageList, backbones: list[str]) -> tuple[float, dict]:
         batch = np.asarray(spec.preprocess(batch))
         with seeded_random_init():
             model = spec.build(None)
-        model.predict(batch[:2], verbose=0)  # warm-up: graph tracing is not model time
-        start = time.perf_counter()
-        model.predict(batch, batch_size=32, verbose=0)
-        per[name] = time.perf_counter() - start
+        # Warm-up on the shapes the timed call sees: a full batch of 32 and the last partial
+        # one, so no tracing is timed. Measured (Xception, 192 images): warming with batches
+        # of 1 and 2 instead leaves Keras a shape-relaxed trace that ran 9-14 img/s vs 18.
+        model.predict(batch[:32], batch_size=32, verbose=0)
+        if len(batch) % 32:
+            model.predict(batch[:len(batch) % 32], batch_size=32, verbose=0)
+        # Best of two: predict's throughput on the same array varied up to 1.5x between
+        # consecutive calls on this shared machine; the faster one is the stricter bound.
+        per[name] = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            model.predict(batch, batch_size=32, verbose=0)
+            per[name] = min(per[name], time.perf_counter() - start)
         total += per[name]
     return total, per
+
+
+class Load:
+    """CPU used by this process and by everything else on the machine during a phase.
+
+    The machine is shared: a phase that ran while other processes held the cores is slower
+    for that reason alone, so every timed phase reports how busy the rest of the machine was.
+    """
+
+    def __init__(self) -> None:
+        self.wall, self.own, self.busy = time.perf_counter(), _own_cpu(), _machine_busy()
+
+    def others(self) -> float:
+        """Fraction of all cores used by other processes since construction."""
+        wall = time.perf_counter() - self.wall
+        busy = _machine_busy() - self.busy
+        own = _own_cpu() - self.own
+        return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _machine_busy() -> float:
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def matmul_peak() -> tuple[float, float]:
+    """Measured fp32 matmul GFLOPS of this machine, and TF's relative error vs float64."""
+    import tensorflow as tf
+
+    n = 2048
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype("float32") for _ in range(2))
+    ta, tb = tf.constant(a), tf.constant(b)
+    out = tf.linalg.matmul(ta, tb).numpy()
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    error = float(np.abs(out - exact).max() / np.abs(exact).max())
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        tf.linalg.matmul(ta, tb).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9, error
 
 
 def sweep(images: ImageList, name: str) -> None:
@@ -172,36 +244,68 @@ def main() -> None:
     images = photos(DATA, args.n)
     n = len(images)
     print(f"bench/extract.py: N={n} photos from {DATA}, backbones {backbones}, weights none, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, batch {args.batch_size or 'auto'}, "
+          f"threads {args.threads or 'auto'}")
+    peak, matmul_error = matmul_peak()
     with tempfile.TemporaryDirectory() as out:
+        load_a = Load()
         report = harness(images, backbones, Path(out), args.batch_size, args.threads)
+        busy_a = load_a.others()
         a = report.seconds
         start = time.perf_counter()
         warm = harness(images, backbones, Path(out), args.batch_size, args.threads)
         warm_s = time.perf_counter() - start
         assert all(r.reused for r in warm)
     a_compute = a - report.build_seconds
+    load_b = Load()
     b = seed_recipe(images, backbones)
+    busy_b = load_b.others()
+    load_c = Load()
     c, per = model_only(images, backbones)
-    print(f"(a) harness one pass     : {a:8.2f} s  {n / a:6.2f} img/s "
-          f"(model builds {report.build_seconds:.1f} s; without them {n / a_compute:.2f} img/s)")
+    busy_c = load_c.others()
+    flops = sum(GFLOP_PER_IMAGE.get(name, float("nan")) for name in backbones)
+
+    print(f"(a) harness one pass     : {a:8.2f} s  {n / a:6.2f} img/s  (of which model builds "
+          f"+ graph tracing {report.build_seconds:.1f} s; without them {a_compute:.2f} s, "
+          f"{n / a_compute:.2f} img/s)  [others used {busy_a:.0%} of the CPUs]")
     for r in report:
         print(f"      {r.backbone:14s} model time {r.seconds:7.2f} s  {r.images_per_s:6.2f} img/s")
-    print(f"(b) seed recipe (Keras 3): {b:8.2f} s  {n / b:6.2f} img/s")
-    print(f"(c) model-only predict   : {c:8.2f} s  {n / c:6.2f} img/s  "
-          + ", ".join(f"{k} {n / v:.2f} img/s" for k, v in per.items()))
-    print(f"a/b speed-up (b_time/a_time)       : {b / a:.2f}   (target >= 1.3)")
-    print(f"a/c speed vs bound (c_time/a_time) : {c / a:.2f} with builds, "
-          f"{c / a_compute:.2f} without   (target >= 1.0)")
-    if set(backbones) == {"resnet50", "inception_v3", "xception"}:
-        print(f"roofline fraction: harness {n / a_compute / ROOFLINE_IMG_S:.2f}, "
-              f"model-only {n / c / ROOFLINE_IMG_S:.2f} (of {ROOFLINE_IMG_S} img/s)")
-    print(f"warm rerun / cold            : {warm_s:.3f} s / {a:.1f} s = {warm_s / a:.4f}  "
-          "(target <= 0.02)")
+    print(f"(b) seed recipe (Keras 3): {b:8.2f} s  {n / b:6.2f} img/s  (builds included, as "
+          f"the recipe runs)  [others used {busy_b:.0%} of the CPUs]")
+    print(f"(c) model-only predict   : {c:8.2f} s  {n / c:6.2f} img/s  (builds and tracing "
+          f"excluded, best of 2)  [others used {busy_c:.0%} of the CPUs]")
+    for name, seconds in per.items():
+        print(f"      {name:14s} predict    {seconds:7.2f} s  {n / seconds:6.2f} img/s")
+    print(f"measured fp32 matmul peak: {peak:.0f} GFLOPS (TF matmul max rel. error vs float64 "
+          f"{matmul_error:.1e}); {flops:.1f} GFLOP per image for these backbones")
+
+    ab, ac, ac_setup = b / a, c / a_compute, c / a
+    warm_ratio = warm_s / a
+    rows = [
+        ("a/b  seed time / harness time", f"{ab:.2f}", ">= 1.3", ab >= 1.3),
+        ("a/c  model-only time / harness time (both without builds)", f"{ac:.2f}", ">= 1.0",
+         ac >= 1.0),
+        ("warm rerun / cold", f"{warm_s:.3f} s / {a:.1f} s = {warm_ratio:.4f}", "<= 0.02",
+         warm_ratio <= 0.02),
+    ]
     if not args.no_rss:
         small, big = rss_of(n, args), rss_of(4 * n, args)
-        print(f"peak RSS: N={n} {small:.0f} MiB, 4N={4 * n} {big:.0f} MiB, "
-              f"ratio {big / small:.2f}  (target <= 1.2)")
+        rows.append((f"peak RSS 4N/N ({4 * n}: {big:.0f} MiB, {n}: {small:.0f} MiB)",
+                     f"{big / small:.2f}", "<= 1.2", big / small <= 1.2))
+    print()
+    print(f"==== bench/extract.py summary, N={n} ====")
+    print(f"images/s: harness {n / a:.2f} (without builds {n / a_compute:.2f}), "
+          f"seed {n / b:.2f}, model-only {n / c:.2f}")
+    print(f"a/c including the harness's builds and tracing: {ac_setup:.2f} (informative)")
+    if flops == flops:
+        issue_roof = ISSUE_PEAK_GFLOPS / flops
+        roof = peak / flops
+        print(f"roofline: issue's {issue_roof:.1f} img/s ({ISSUE_PEAK_GFLOPS} GFLOPS): harness "
+              f"{n / a_compute / issue_roof:.2f}, model-only {n / c / issue_roof:.2f};  "
+              f"this run's matmul peak {roof:.1f} img/s ({peak:.0f} GFLOPS): harness "
+              f"{n / a_compute / roof:.2f}, model-only {n / c / roof:.2f}")
+    for label, value, target, ok in rows:
+        print(f"  {'PASS' if ok else 'MISS'}  {label:60s} {value:>32s}  target {target}")
     if args.sweep:
         sweep(images, "xception")
 

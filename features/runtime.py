@@ -31,7 +31,7 @@ class Runtime:
         gpus: Number of GPUs visible.
         precision: "float32" or "mixed" (only on GPU).
         batch_size: Images per batch (global, over all replicas).
-        map_threads: Parallel calls of the decode map (tf.data.AUTOTUNE when 0).
+        map_threads: Parallel calls of the decode map (one per core when 0).
     """
 
     strategy: Any
@@ -149,6 +149,9 @@ class Forward:
         size = spec.input_size
         self._step = tf.function(
             step, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        # Trace and optimise the graph now (seconds per backbone), so that the first batch
+        # does not pay for it and per-backbone model time measures compute only.
+        self(tf.zeros([1, size, size, 3], tf.float32))
 
     def __call__(self, images: Any) -> Any:
         """GAP features (B, D) float32 of a batch of RGB 0-255 float images (B, S, S, 3)."""
