@@ -23,8 +23,12 @@ from competition.errors import HarnessError
 from competition.kaggle_api import DEFAULT_RETRY, RetryPolicy, kaggle_session, local_only_error
 from competition.spec import CompetitionSpec
 from submissions.ledger import Ledger, LedgerRow
-from submissions.remote import RemoteSubmission, leaderboard_scores, list_submissions
-from submissions.upload import _status_fields
+from submissions.remote import (
+    RemoteSubmission,
+    leaderboard_scores,
+    ledger_fields,
+    list_submissions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ def _join(ledger: Ledger, slug: str, remote: list[RemoteSubmission]) -> pd.DataF
         row = _match(rows, item, used)
         if row is not None:
             used.add(row.id)
-            row = ledger.update(row.id, **_status_fields(item))
+            row = ledger.update(row.id, **ledger_fields(item))
             ensemble, cv = row.ensemble, row.cv_score
         else:
             ensemble, cv = _from_description(item.description)

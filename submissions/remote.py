@@ -111,3 +111,15 @@ def leaderboard_scores(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.sl
         if not token:
             return scores, True
     return scores, False
+
+
+def ledger_fields(found: RemoteSubmission) -> dict[str, Any]:
+    """Ledger columns for a submission as Kaggle lists it."""
+    status = {"COMPLETE": "complete", "ERROR": "error"}.get(found.status, "submitted")
+    return {
+        "status": status,
+        "kaggle_ref": found.ref,
+        "public_score": found.public_score,
+        "private_score": found.private_score,
+        "error": (found.error_description or "scoring failed") if status == "error" else None,
+    }

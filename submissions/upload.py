@@ -29,7 +29,12 @@ from competition.kaggle_api import (
 )
 from competition.spec import CompetitionSpec
 from submissions.ledger import Ledger, LedgerRow
-from submissions.remote import RemoteSubmission, list_submissions, remaining_today
+from submissions.remote import (
+    RemoteSubmission,
+    ledger_fields,
+    list_submissions,
+    remaining_today,
+)
 from submissions.writer import validate_submission
 
 logger = logging.getLogger(__name__)
@@ -53,18 +58,6 @@ def submission_message(ensemble: str, cv_score: float | None, sha256: str) -> st
     """The description Kaggle stores: `NAME cv=<score> <hash8>` (unique per file)."""
     cv = "NA" if cv_score is None else f"{cv_score:.5f}"
     return f"{ensemble} cv={cv} {sha256[:8]}"
-
-
-def _status_fields(found: RemoteSubmission) -> dict[str, Any]:
-    """Ledger columns for a submission as Kaggle lists it."""
-    status = {"COMPLETE": "complete", "ERROR": "error"}.get(found.status, "submitted")
-    return {
-        "status": status,
-        "kaggle_ref": found.ref,
-        "public_score": found.public_score,
-        "private_score": found.private_score,
-        "error": (found.error_description or "scoring failed") if status == "error" else None,
-    }
 
 
 class _Attempt:
@@ -91,7 +84,7 @@ class _Attempt:
         return None
 
     def done(self, found: RemoteSubmission) -> LedgerRow:
-        row = self.ledger.update(self.row.id, **_status_fields(found))
+        row = self.ledger.update(self.row.id, **ledger_fields(found))
         logger.info("uploaded %s to %s as submission %s (%s): %s", self.csv_path.name,
                     self.spec.slug, found.ref, row.status, self.message)
         return row
