@@ -41,39 +41,47 @@ def _status_name(value: Any) -> str:
     return name.rsplit(".", 1)[-1].replace("SUBMISSION_STATUS_", "").upper()
 
 
+def _all_pages(api: Any, slug: str, request: Any, method: str, what: str, *,
+               retry: RetryPolicy, sleep) -> tuple[list[Any], bool]:
+    """Every page's items of a paged competitions API call (at most MAX_PAGES pages),
+    and whether the list is whole. Each page is retried on its own."""
+    items: list[Any] = []
+    token = ""
+    for _ in range(MAX_PAGES):
+        request.page_token = token
+
+        def one_page() -> Any:
+            with api.build_kaggle_client() as kaggle:
+                return getattr(kaggle.competitions.competition_api_client, method)(request)
+
+        response = call_with_retry(one_page, what=what, slug=slug, retry=retry, sleep=sleep)
+        items += list(response.submissions or [])
+        token = response.next_page_token or ""
+        if not token:
+            return items, True
+    return items, False
+
+
 def list_submissions(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.sleep,
                      page_size: int = 100) -> list[RemoteSubmission]:
     """Every submission of the user to `slug`, newest first (all pages, at most MAX_PAGES)."""
     from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
 
-    def one_page(token: str) -> Any:
-        request = ApiListSubmissionsRequest()
-        request.competition_name = slug
-        request.page_size = page_size
-        request.page_token = token
-        with api.build_kaggle_client() as kaggle:
-            return kaggle.competitions.competition_api_client.list_submissions(request)
-
-    found: list[RemoteSubmission] = []
-    token = ""
-    for _ in range(MAX_PAGES):
-        response = call_with_retry(lambda t=token: one_page(t), what="list your submissions",
-                                   slug=slug, retry=retry, sleep=sleep)
-        for item in response.submissions or []:
-            found.append(RemoteSubmission(
-                ref=str(item.ref),
-                description=item.description or "",
-                file_name=item.file_name or "",
-                date=item.date.isoformat(timespec="seconds") if item.date else "",
-                status=_status_name(item.status),
-                public_score=parse_score(item.public_score),
-                private_score=parse_score(item.private_score),
-                error_description=item.error_description or "",
-            ))
-        token = response.next_page_token or ""
-        if not token:
-            break
-    return found
+    request = ApiListSubmissionsRequest()
+    request.competition_name = slug
+    request.page_size = page_size
+    items, _ = _all_pages(api, slug, request, "list_submissions", "list your submissions",
+                          retry=retry, sleep=sleep)
+    return [RemoteSubmission(
+        ref=str(item.ref),
+        description=item.description or "",
+        file_name=item.file_name or "",
+        date=item.date.isoformat(timespec="seconds") if item.date else "",
+        status=_status_name(item.status),
+        public_score=parse_score(item.public_score),
+        private_score=parse_score(item.private_score),
+        error_description=item.error_description or "",
+    ) for item in items]
 
 
 def remaining_today(api: Any, slug: str) -> int | None:
@@ -92,25 +100,13 @@ def leaderboard_scores(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.sl
     """The public leaderboard's team scores (in Kaggle's order) and whether the list is whole."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetLeaderboardRequest
 
-    def one_page(token: str) -> Any:
-        request = ApiGetLeaderboardRequest()
-        request.competition_name = slug
-        request.page_size = page_size
-        request.page_token = token
-        with api.build_kaggle_client() as kaggle:
-            return kaggle.competitions.competition_api_client.get_leaderboard(request)
-
-    scores: list[float] = []
-    token = ""
-    for _ in range(MAX_PAGES):
-        response = call_with_retry(lambda t=token: one_page(t), what="read the leaderboard",
-                                   slug=slug, retry=retry, sleep=sleep)
-        scores += [s for s in (parse_score(r.score) for r in response.submissions or [])
-                   if s is not None]
-        token = response.next_page_token or ""
-        if not token:
-            return scores, True
-    return scores, False
+    request = ApiGetLeaderboardRequest()
+    request.competition_name = slug
+    request.page_size = page_size
+    rows, whole = _all_pages(api, slug, request, "get_leaderboard", "read the leaderboard",
+                             retry=retry, sleep=sleep)
+    scores = [s for s in (parse_score(r.score) for r in rows) if s is not None]
+    return scores, whole
 
 
 def ledger_fields(found: RemoteSubmission) -> dict[str, Any]:

@@ -423,3 +423,19 @@ def test_interrupted_upload_leaves_pending_row(fake, workspace):
                           ledger_path=workspace / "ledger.sqlite", retry=FAST, sleep=interrupt)
     (row,) = Ledger(workspace / "ledger.sqlite").rows()
     assert row.status == "pending" and row.error.startswith("interrupted")
+
+
+def test_listings_follow_every_page(fake, workspace):
+    from competition.kaggle_api import DEFAULT_RETRY, kaggle_session
+    from submissions.remote import leaderboard_scores, list_submissions
+
+    _data(workspace)
+    for i, cv in enumerate((0.3, 0.2, 0.1)):
+        path = _csv(workspace, f"e{i}", {"1": 0.9 - i / 10, "2": 0.1, "10": 0.8})
+        _upload(workspace, path, ensemble=f"e{i}", cv=cv)
+    fake.leaderboard = [(f"team{i}", i / 10) for i in range(5)]
+    with kaggle_session() as api:
+        listed = list_submissions(api, REDUX.slug, retry=DEFAULT_RETRY, page_size=1)
+        scores, whole = leaderboard_scores(api, REDUX.slug, retry=DEFAULT_RETRY, page_size=2)
+    assert [s.description.split()[0] for s in listed] == ["e2", "e1", "e0"]  # newest first
+    assert scores == [i / 10 for i in range(5)] and whole
