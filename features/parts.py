@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from competition.atomic import atomic_path
 from competition.images import ImageList
 from features.store import STRING
 
@@ -44,17 +43,11 @@ def write_part(folder: Path, split: str, rows: np.ndarray, ids: list[str],
     """Write one batch atomically: a reader sees the whole part or none of it."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{split}-{int(rows[0]):09d}-{len(rows):05d}.npz"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, rows=np.asarray(rows, dtype=np.int64),
-                     ids=np.asarray(ids, dtype=str),
-                     features=np.asarray(features, dtype=np.float32),
-                     reasons=np.asarray(reasons, dtype=str))
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(final) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, rows=np.asarray(rows, dtype=np.int64),
+                 ids=np.asarray(ids, dtype=str),
+                 features=np.asarray(features, dtype=np.float32),
+                 reasons=np.asarray(reasons, dtype=str))
     return final
 
 
@@ -129,12 +122,7 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
         RuntimeError: a row is missing from the parts (a bug, never a user error).
     """
     bad: dict[str, list[tuple[str, str]]] = {}
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final_path.parent, prefix=f".{final_path.name}.",
-                                    suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(final_path) as tmp:
         with h5py.File(tmp, "w") as handle:
             for split, images in (("train", train), ("test", test)):
                 n = len(images)
@@ -176,10 +164,6 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
             for key, value in attrs.items():
                 handle.attrs[key] = value
             handle.attrs["complete"] = True
-        os.replace(tmp, final_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return bad
 
 

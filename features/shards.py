@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from competition.atomic import atomic_path
 from competition.errors import HarnessError
 from competition.images import ImageList, natural_key
 from features.fingerprint import ids_digest
@@ -81,11 +80,7 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
                 raise HarnessError(f"shards of {final.name} disagree on {key}: they come from "
                                    "different image lists or settings; rerun all shards")
         first = attrs[0]
-        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.",
-                                        suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(final) as tmp:
             with h5py.File(tmp, "w") as out:
                 for split, bad_name in (("train", "skipped"), ("test", "failed")):
                     _merge_split(out, handles, paths, split, bad_name, first)
@@ -97,10 +92,6 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
                 out.attrs["shard"] = ""
                 out.attrs["merged_from"] = json.dumps([p.name for p in paths])
                 out.attrs["complete"] = True
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     finally:
         for handle in handles:
             handle.close()

@@ -17,11 +17,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from competition.atomic import atomic_path
 from competition.config import FeaturesConfig
 from competition.errors import HarnessError
 from competition.spec import CompetitionSpec
@@ -78,11 +78,8 @@ def file_sha256(path: Path) -> str:
     disk[text_key] = value
     # The cache is an optimisation: failing to write it must never fail a run.
     try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=".sha256-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(disk, handle)
-        os.replace(tmp, cache_path)
+        with atomic_path(cache_path) as tmp:
+            tmp.write_text(json.dumps(disk), encoding="utf-8")
     except OSError as exc:
         logger.debug("could not write the sha256 cache %s: %s", cache_path, exc)
     return value
