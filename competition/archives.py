@@ -141,7 +141,8 @@ def safe_extract(archive: Path, dest: Path, *, force: bool = False) -> list[Path
                         len(files) - len(todo), len(files))
         total = sum(e.size for e, _ in todo)
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=f"unpack {archive.name}", disable=not todo, leave=False) as progress:
+                  desc=f"unpack {archive.name}", leave=False,
+                  disable=not todo or not logger.isEnabledFor(logging.INFO)) as progress:
             for entry, target in todo:
                 try:
                     _write_atomically(entry.open(), target, progress)

@@ -101,8 +101,10 @@ def download_competition(
         logger.info("downloading %s into %s", spec.slug, data_dir)
         # The client skips the transfer itself when a complete, newer archive is present.
         call_with_retry(
-            lambda: api.competition_download_files(spec.slug, path=str(data_dir), force=force,
-                                                   quiet=False),
+            # Its progress bar follows the log level (`harness -q` shows warnings only).
+            lambda: api.competition_download_files(
+                spec.slug, path=str(data_dir), force=force,
+                quiet=not logger.isEnabledFor(logging.INFO)),
             what="download the competition files", slug=spec.slug, retry=retry, sleep=sleep,
         )
     if not archive.is_file():

@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
+    if args.quiet:
+        # Every tqdm bar, the kaggle client's included, reads this (tqdm >= 4.66).
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         COMMANDS[args.verb](_load(args), args)
     except HarnessError as exc:
