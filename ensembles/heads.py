@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -169,7 +170,11 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
             folds = StratifiedKFold(inner_folds, shuffle=True, random_state=self.seed)
             model = LogisticRegressionCV(Cs=grid, cv=folds, scoring="neg_log_loss",
                                          max_iter=self.max_iter, tol=self.tol)
-            model.fit(X, codes)
+            with warnings.catch_warnings():
+                # scikit-learn 1.9 announces attribute changes of LogisticRegressionCV;
+                # only C_ is read here, which stays.
+                warnings.simplefilter("ignore", FutureWarning)
+                model.fit(X, codes)
             self.C_ = float(np.ravel(model.C_)[0])
         else:
             self.C_ = grid[0] if grid else float(self.C)

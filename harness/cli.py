@@ -187,7 +187,6 @@ def cmd_competitions(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_backbones(config: Config, args: argparse.Namespace) -> None:
-    _import_tensorflow(args)
     from features.backbones import BACKBONES
 
     for name, spec in BACKBONES.items():
