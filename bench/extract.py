@@ -24,6 +24,7 @@ Weights default to none (random init): fine for speed, meaningless for quality.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -224,6 +225,44 @@ def rss_of(n: int, args: argparse.Namespace) -> float:
     return int(out.split("RSS_KB")[-1].split()[0]) / 1024
 
 
+def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dict:
+    """One timed phase, in a process of its own (see `phase_in_child`)."""
+    import tensorflow  # noqa: F401 - imported before timing: no phase pays for it
+
+    images = photos(DATA, args.n)
+    load = Load()
+    if phase == "a":
+        with tempfile.TemporaryDirectory() as out:
+            report = harness(images, backbones, Path(out), args.batch_size, args.threads)
+            busy = load.others()
+            start = time.perf_counter()
+            warm = harness(images, backbones, Path(out), args.batch_size, args.threads)
+            warm_s = time.perf_counter() - start
+            assert all(r.reused for r in warm)
+        return {"seconds": report.seconds, "build": report.build_seconds, "busy": busy,
+                "warm": warm_s,
+                "per": [[r.backbone, r.seconds, r.images_per_s] for r in report]}
+    if phase == "b":
+        return {"seconds": seed_recipe(images, backbones), "busy": load.others()}
+    seconds, per = model_only(images, backbones)
+    return {"seconds": seconds, "per": per, "busy": load.others()}
+
+
+def phase_in_child(phase: str, args: argparse.Namespace) -> dict:
+    """Run a phase in a fresh Python process and return what it measured.
+
+    Each phase gets a cold process: oneDNN creates its convolution primitives (and the
+    allocator its pools) on first use, about 6 s for these three backbones on 2 cores, and
+    a phase run after another in the same process would inherit them for free (measured:
+    the same harness extraction took 32.8 s first and 26.2 s second in one process).
+    """
+    cmd = [sys.executable, __file__, "--child-phase", phase, "--n", str(args.n),
+           "--backbones", args.backbones, "--batch-size", str(args.batch_size),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
@@ -233,43 +272,38 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the N / 4N RSS runs")
     parser.add_argument("--sweep", action="store_true", help="batch/XLA probes on xception")
     parser.add_argument("--child-rss", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-phase", choices=("a", "b", "c"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     backbones = [b for b in args.backbones.split(",") if b]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.child_rss:
         child_rss(args.child_rss, backbones, args.batch_size, args.threads)
         return
+    if args.child_phase:
+        logging.basicConfig(level=logging.ERROR)
+        print(json.dumps(run_phase(args.child_phase, args, backbones)))
+        return
     logging.basicConfig(level=logging.ERROR)
-    import tensorflow  # noqa: F401 - imported before timing: (b) and (c) never pay for it
+    import tensorflow  # noqa: F401 - for the matmul peak; each timed phase imports its own
     images = photos(DATA, args.n)
     n = len(images)
     print(f"bench/extract.py: N={n} photos from {DATA}, backbones {backbones}, weights none, "
           f"{os.cpu_count()} CPUs, batch {args.batch_size or 'auto'}, "
           f"threads {args.threads or 'auto'}")
     peak, matmul_error = matmul_peak()
-    with tempfile.TemporaryDirectory() as out:
-        load_a = Load()
-        report = harness(images, backbones, Path(out), args.batch_size, args.threads)
-        busy_a = load_a.others()
-        a = report.seconds
-        start = time.perf_counter()
-        warm = harness(images, backbones, Path(out), args.batch_size, args.threads)
-        warm_s = time.perf_counter() - start
-        assert all(r.reused for r in warm)
-    a_compute = a - report.build_seconds
-    load_b = Load()
-    b = seed_recipe(images, backbones)
-    busy_b = load_b.others()
-    load_c = Load()
-    c, per = model_only(images, backbones)
-    busy_c = load_c.others()
+    # Each phase in its own fresh process, so none inherits another's warm-up.
+    phase_a, phase_b, phase_c = (phase_in_child(p, args) for p in ("a", "b", "c"))
+    a, busy_a, warm_s = phase_a["seconds"], phase_a["busy"], phase_a["warm"]
+    a_compute = a - phase_a["build"]
+    b, busy_b = phase_b["seconds"], phase_b["busy"]
+    c, per, busy_c = phase_c["seconds"], phase_c["per"], phase_c["busy"]
     flops = sum(GFLOP_PER_IMAGE.get(name, float("nan")) for name in backbones)
 
     print(f"(a) harness one pass     : {a:8.2f} s  {n / a:6.2f} img/s  (of which model builds "
-          f"+ graph tracing {report.build_seconds:.1f} s; without them {a_compute:.2f} s, "
+          f"+ graph tracing {phase_a['build']:.1f} s; without them {a_compute:.2f} s, "
           f"{n / a_compute:.2f} img/s)  [others used {busy_a:.0%} of the CPUs]")
-    for r in report:
-        print(f"      {r.backbone:14s} model time {r.seconds:7.2f} s  {r.images_per_s:6.2f} img/s")
+    for backbone, seconds, per_s in phase_a["per"]:
+        print(f"      {backbone:14s} model time {seconds:7.2f} s  {per_s:6.2f} img/s")
     print(f"(b) seed recipe (Keras 3): {b:8.2f} s  {n / b:6.2f} img/s  (builds included, as "
           f"the recipe runs)  [others used {busy_b:.0%} of the CPUs]")
     print(f"(c) model-only predict   : {c:8.2f} s  {n / c:6.2f} img/s  (builds and tracing "
