@@ -17,3 +17,19 @@ def run_harness(*args: str, cwd: Path, env: dict[str, str] | None = None,
     env.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def mobilenet_toml(top: str, *, heads: dict[str, str], weights: str = 'weights = "none"',
+                   folds: int = 3, tail: str = "") -> str:
+    """A small config for tests: MobileNet-0.25 features and one `mobilenet-<head>` ensemble
+    per head (its value: extra parameter lines).
+
+    Args:
+        top: Top-level lines (competition, workspace, data_dir).
+        weights: The [features] weights line(s).
+        tail: More tables ([blends.*], [competition]).
+    """
+    ensembles = "".join(f'[ensembles.mobilenet-{head}]\nbackbones = ["mobilenet_025"]\n'
+                        f'head = "{head}"\n{extra}' for head, extra in heads.items())
+    return (f'{top}\n[features]\nbackbones = ["mobilenet_025"]\n{weights}\n'
+            f"[cv]\nfolds = {folds}\n{ensembles}{tail}")

@@ -11,7 +11,6 @@ from tests.cli_runner import run_harness
 from tests.image_files import write_competition
 
 
-
 def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_harness(*args, cwd=cwd, timeout=300)
 

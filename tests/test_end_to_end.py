@@ -17,25 +17,11 @@ import pytest
 from sklearn.metrics import log_loss
 
 from competition.demo import generate_demo
-from tests.cli_runner import run_harness
+from tests.cli_runner import mobilenet_toml, run_harness
 from tests.image_files import write_jpeg
 
-CONFIG = """
-competition = "demo"
-workspace = "ws"
-[features]
-backbones = ["mobilenet_025"]
-weights = "none"
-[cv]
-folds = 3
-[ensembles.mobilenet-logreg]
-backbones = ["mobilenet_025"]
-head = "logreg"
-[ensembles.mobilenet-dropout]
-backbones = ["mobilenet_025"]
-head = "dropout"
-epochs = 3
-"""
+CONFIG = mobilenet_toml('competition = "demo"\nworkspace = "ws"',
+                        heads={"logreg": "", "dropout": "epochs = 3\n"})
 
 
 def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -72,27 +58,10 @@ def test_submit_writes_a_validated_csv_and_reuses_features(tmp_path):
     assert "mobilenet-logreg: unchanged, reusing saved predictions" in second.stderr
 
 
-MULTICLASS_CONFIG = """
-workspace = "ws"
-data_dir = "data"
-[competition]
-name = "tiny-multiclass"
-base = "generic-folders"
-[features]
-backbones = ["mobilenet_025"]
-weights = "none"
-[cv]
-folds = 3
-[ensembles.mobilenet-logreg]
-backbones = ["mobilenet_025"]
-head = "logreg"
-[ensembles.mobilenet-dropout]
-backbones = ["mobilenet_025"]
-head = "dropout"
-[blends.both]
-members = ["mobilenet-logreg", "mobilenet-dropout"]
-method = "mean"
-"""
+MULTICLASS_CONFIG = mobilenet_toml(
+    'workspace = "ws"\ndata_dir = "data"', heads={"logreg": "", "dropout": ""},
+    tail='[blends.both]\nmembers = ["mobilenet-logreg", "mobilenet-dropout"]\nmethod = "mean"\n'
+         '[competition]\nname = "tiny-multiclass"\nbase = "generic-folders"\n')
 COLOURS = {"ant": (220, 40, 40), "bee": (40, 200, 40), "wasp": (40, 40, 220)}
 
 

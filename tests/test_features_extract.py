@@ -19,8 +19,13 @@ from competition.errors import HarnessError
 from features.extract import extract_features, merge_shards
 from features.store import feature_path, load_split, read_attrs
 from features.weights import WeightsChoice
-from tests.features_fixtures import (BAD_KINDS, UNREADABLE, bad_image_bytes, image_lists,
-                                     make_dataset)
+from tests.features_fixtures import (
+    BAD_KINDS,
+    UNREADABLE,
+    bad_image_bytes,
+    image_lists,
+    make_dataset,
+)
 
 NONE = WeightsChoice(None, "none")
 MOBILE = [("mobilenet_025", "none")]
@@ -99,7 +104,7 @@ def test_fingerprint_change_rebuilds_and_says_why(feat_data, tmp_path, caplog):
     caplog.clear()
     fake = tmp_path / "w.h5"
     fake.write_bytes(b"x")
-    from features.extract import _why_rebuild, _plan  # the reuse decision, without building
+    from features.extract import _plan, _why_rebuild  # the reuse decision, without building
     jobs = _plan(train2, test2, MOBILE, {"mobilenet_025": WeightsChoice(str(fake), "sha256:abc")},
                  out, "float32", None)
     assert "weights changed ('none' -> 'sha256:abc')" in _why_rebuild(

@@ -15,6 +15,7 @@ import pytest
 from competition.config import load_config
 from ensembles.run import run_ensembles
 from features.extract import extract_for_config
+from tests.cli_runner import mobilenet_toml
 from tests.shared_assets import shared_dir
 
 PER_CLASS = 50
@@ -38,19 +39,10 @@ def test_mobilenet_imagenet_features_separate_real_cats_and_dogs(tmp_path):
     (data / "sample_submission.csv").write_text(
         "id,label\n" + "".join(f"{i},0.5\n" for i in range(1, 11)))
     config_path = tmp_path / "harness.toml"
-    config_path.write_text(f"""
-competition = "dogs-vs-cats-redux-kernels-edition"
-workspace = "{tmp_path / 'ws'}"
-data_dir = "{data}"
-[features]
-backbones = ["mobilenet_025"]
-weights_dir = "{shared / 'weights'}"
-[cv]
-folds = 5
-[ensembles.mobilenet-logreg]
-backbones = ["mobilenet_025"]
-head = "logreg"
-""")
+    config_path.write_text(mobilenet_toml(
+        f'competition = "dogs-vs-cats-redux-kernels-edition"\nworkspace = "{tmp_path / "ws"}"\n'
+        f'data_dir = "{data}"', heads={"logreg": ""}, folds=5,
+        weights=f'weights_dir = "{shared / "weights"}"'))
     config = load_config(config_path)
     report = extract_for_config(config, progress=False)
     result = report.result("mobilenet_025", "none")

@@ -12,23 +12,17 @@ import subprocess
 
 import pytest
 
-from tests.cli_runner import run_harness
-from tests.fake_kaggle import FakeKaggle, logloss_scorer, redux_zip, running_env_without_proxy_bypass
+from tests.cli_runner import mobilenet_toml, run_harness
+from tests.fake_kaggle import (
+    FakeKaggle,
+    logloss_scorer,
+    redux_zip,
+    running_env_without_proxy_bypass,
+)
 
 SLUG = "dogs-vs-cats-redux-kernels-edition"
 
-CONFIG = f"""
-competition = "{SLUG}"
-workspace = "ws"
-[features]
-backbones = ["mobilenet_025"]
-weights = "none"
-[cv]
-folds = 3
-[ensembles.mobilenet-logreg]
-backbones = ["mobilenet_025"]
-head = "logreg"
-"""
+CONFIG = mobilenet_toml(f'competition = "{SLUG}"\nworkspace = "ws"', heads={"logreg": ""})
 
 
 @pytest.mark.slow
