@@ -9,10 +9,8 @@ already present with the entry's size is kept (that is how a rerun skips finishe
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from competition.atomic import atomic_path
 from competition.errors import HarnessError
 
 logger = logging.getLogger(__name__)
@@ -89,17 +88,10 @@ def _tar_entries(archive: Path, handle: tarfile.TarFile) -> list[_Entry]:
 
 
 def _write_atomically(source: IO[bytes], target: Path, progress: tqdm) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, source:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
-                progress.update(len(chunk))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as out, source:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+            progress.update(len(chunk))
 
 
 def safe_extract(archive: Path, dest: Path, *, force: bool = False) -> list[Path]:

@@ -13,7 +13,6 @@ hashed once, not on every run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from competition.atomic import atomic_path
 from competition.config import FeaturesConfig
 from competition.errors import HarnessError
+from competition.hashing import file_sha256 as uncached_sha256
 from competition.spec import CompetitionSpec
 from features.backbones import get_backbone
 
@@ -69,11 +69,7 @@ def file_sha256(path: Path) -> str:
     if text_key in disk:
         _MEMORY_CACHE[key] = disk[text_key]
         return disk[text_key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = uncached_sha256(path)
     _MEMORY_CACHE[key] = value
     disk[text_key] = value
     # The cache is an optimisation: failing to write it must never fail a run.

@@ -9,13 +9,13 @@ list is read again so a recorded submission is never sent twice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from competition.errors import HarnessError
+from competition.hashing import file_sha256
 from competition.kaggle_api import (
     DEFAULT_RETRY,
     KaggleFailure,
@@ -43,15 +43,6 @@ logger = logging.getLogger(__name__)
 UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
 
 __all__ = ["RetryPolicy", "file_sha256", "submission_message", "upload_submission"]
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of the file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def submission_message(ensemble: str, cv_score: float | None, sha256: str) -> str:
