@@ -151,10 +151,10 @@ def _sizes(jobs: Sequence[_Job]) -> list[int]:
 
 
 def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: str,
-               train: ImageList, test: ImageList) -> dict:
+               images: dict) -> dict:
+    """Fingerprint parts of one feature file; `images` holds the train and test digests."""
     return {
-        "train": image_list_digest(train),
-        "test": image_list_digest(test),
+        **images,
         "backbone": spec.name,
         "input_size": spec.input_size,
         "weights": weights.identity,
@@ -204,17 +204,22 @@ def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]]
           weights: Mapping[str, WeightsChoice], features_dir: Path, precision: str,
           shard: tuple[int, int] | None) -> list[_Job]:
     jobs = []
+    # Digested once (a stat per image), not once per backbone and TTA mode.
+    full_images = {"train": image_list_digest(train), "test": image_list_digest(test)}
+    if shard is not None:
+        sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
+        shard_images_digest = {"train": image_list_digest(sub_train),
+                               "test": image_list_digest(sub_test)}
     for backbone, tta in dict.fromkeys(requests):
         spec = get_backbone(backbone)
-        full_parts = _parts_for(spec, tta, weights[backbone], precision, train, test)
+        full_parts = _parts_for(spec, tta, weights[backbone], precision, full_images)
         full_fp = fingerprint_of(full_parts)
         path = feature_path(features_dir, backbone, tta)
         extra: dict[str, Any] = {"shard": ""}
         parts, fp = full_parts, full_fp
         if shard is not None:
-            sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
-            parts = dict(_parts_for(spec, tta, weights[backbone], precision, sub_train,
-                                    sub_test), shard=f"{shard[0]}/{shard[1]}")
+            parts = dict(_parts_for(spec, tta, weights[backbone], precision,
+                                    shard_images_digest), shard=f"{shard[0]}/{shard[1]}")
             fp = fingerprint_of(parts)
             path = shard_path(path, shard)
             extra = {
