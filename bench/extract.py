@@ -5,7 +5,9 @@ Prints, from one run on N real photos (default 200):
   (b) the seed recipe ported to Keras 3: one `image_dataset_from_directory` (batch 16, no
       shuffle) + `model.predict` pass per backbone,
   (c) the model-only bound: each backbone's `predict` on pre-decoded, pre-resized tensors,
-ratios a/b and a/c, images/s, the fraction of the fp32 roofline, warm-rerun/cold time,
+      with the stock Keras model (as the issue defines it) and, as (c'), with the model the
+      harness runs (BatchNormalization folded into the convolutions, features.fold),
+ratios a/b, a/c and a/c' (a/c' isolates how well decoding is hidden: same graph), images/s, the fraction of the fp32 roofline, warm-rerun/cold time,
 and peak RSS at N and 4N images (separate processes), then a summary with PASS/MISS per
 target (a/b >= 1.3, a/c >= 1.0, warm/cold <= 0.02, RSS(4N)/RSS(N) <= 1.2).
 
@@ -17,6 +19,7 @@ matmul peak measured in this run.
 
     python bench/extract.py --n 48                 # small N on a shared machine
     python bench/extract.py --n 200 --sweep        # plus batch/threads/XLA probes
+    python bench/extract.py --bf16                 # plus the harness in bfloat16 (opt-in)
 
 Weights default to none (random init): fine for speed, meaningless for quality.
 """
@@ -66,13 +69,15 @@ def empty_test() -> ImageList:
     return ImageList("test", (), (), None, ("cat", "dog"))
 
 
-def harness(images: ImageList, backbones: list[str], out: Path, batch: int, threads: int):
+def harness(images: ImageList, backbones: list[str], out: Path, batch: int, threads: int,
+            precision: str = "float32"):
     from features.extract import extract_features
     from features.weights import WeightsChoice
 
     weights = {b: WeightsChoice(None, "none") for b in backbones}
     return extract_features(images, empty_test(), [(b, "none") for b in backbones], weights,
-                            out, batch_size=batch, threads=threads, progress=False)
+                            out, batch_size=batch, threads=threads, precision=precision,
+                            progress=False)
 
 
 def seed_recipe(images: ImageList, backbones: list[str]) -> float:
@@ -98,9 +103,11 @@ def seed_recipe(images: ImageList, backbones: list[str]) -> float:
         return time.perf_counter() - start
 
 
-def model_only(images: ImageList, backbones: list[str]) -> tuple[float, dict]:
+def model_only(images: ImageList, backbones: list[str], fold: bool) -> tuple[float, dict]:
     """predict on pre-decoded, pre-resized in-memory tensors (decode and build not timed).
 
+    With `fold`, on the graph the harness runs (BatchNormalization folded into the
+    convolutions); without, on the stock keras.applications model.
     Returns the sum over backbones of the best of two predict calls, and each backbone's.
     """
     import tensorflow as tf
@@ -118,6 +125,9 @@ def model_only(images: ImageList, backbones: list[str]) -> tuple[float, dict]:
         batch = np.asarray(spec.preprocess(batch))
         with seeded_random_init():
             model = spec.build(None)
+        if fold:
+            from features.fold import fold_batch_norm
+            model, _ = fold_batch_norm(model)
         # Warm-up on the shapes the timed call sees: a full batch of 32 and the last partial
         # one, so no tracing is timed. Measured (Xception, 192 images): warming with batches
         # of 1 and 2 instead leaves Keras a shape-relaxed trace that ran 9-14 img/s vs 18.
@@ -231,6 +241,12 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
 
     images = photos(DATA, args.n)
     load = Load()
+    if phase == "a16":
+        with tempfile.TemporaryDirectory() as out:
+            report = harness(images, backbones, Path(out), args.batch_size, args.threads,
+                             precision="bfloat16")
+        return {"seconds": report.seconds, "build": report.build_seconds, "busy": load.others(),
+                "per": [[r.backbone, r.seconds, r.images_per_s] for r in report]}
     if phase == "a":
         with tempfile.TemporaryDirectory() as out:
             report = harness(images, backbones, Path(out), args.batch_size, args.threads)
@@ -244,7 +260,7 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
                 "per": [[r.backbone, r.seconds, r.images_per_s] for r in report]}
     if phase == "b":
         return {"seconds": seed_recipe(images, backbones), "busy": load.others()}
-    seconds, per = model_only(images, backbones)
+    seconds, per = model_only(images, backbones, fold=phase == "c_folded")
     return {"seconds": seconds, "per": per, "busy": load.others()}
 
 
@@ -272,7 +288,10 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the N / 4N RSS runs")
     parser.add_argument("--sweep", action="store_true", help="batch/XLA probes on xception")
     parser.add_argument("--child-rss", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--child-phase", choices=("a", "b", "c"), help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also run the harness with --precision bfloat16")
+    parser.add_argument("--child-phase", choices=("a", "b", "c", "c_folded", "a16"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     backbones = [b for b in args.backbones.split(",") if b]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -292,11 +311,13 @@ def main() -> None:
           f"threads {args.threads or 'auto'}")
     peak, matmul_error = matmul_peak()
     # Each phase in its own fresh process, so none inherits another's warm-up.
-    phase_a, phase_b, phase_c = (phase_in_child(p, args) for p in ("a", "b", "c"))
+    phase_a, phase_b, phase_c, phase_cf = (phase_in_child(p, args)
+                                           for p in ("a", "b", "c", "c_folded"))
     a, busy_a, warm_s = phase_a["seconds"], phase_a["busy"], phase_a["warm"]
     a_compute = a - phase_a["build"]
     b, busy_b = phase_b["seconds"], phase_b["busy"]
     c, per, busy_c = phase_c["seconds"], phase_c["per"], phase_c["busy"]
+    cf = phase_cf["seconds"]
     flops = sum(GFLOP_PER_IMAGE.get(name, float("nan")) for name in backbones)
 
     print(f"(a) harness one pass     : {a:8.2f} s  {n / a:6.2f} img/s  (of which model builds "
@@ -310,15 +331,22 @@ def main() -> None:
           f"excluded, best of 2)  [others used {busy_c:.0%} of the CPUs]")
     for name, seconds in per.items():
         print(f"      {name:14s} predict    {seconds:7.2f} s  {n / seconds:6.2f} img/s")
+    print(f"(c') the same, folded BN : {cf:8.2f} s  {n / cf:6.2f} img/s  (the graph the harness "
+          f"runs)  [others used {phase_cf['busy']:.0%} of the CPUs]")
+    for name, seconds in phase_cf["per"].items():
+        print(f"      {name:14s} predict    {seconds:7.2f} s  {n / seconds:6.2f} img/s  "
+              f"({per[name] / seconds:.2f}x stock)")
     print(f"measured fp32 matmul peak: {peak:.0f} GFLOPS (TF matmul max rel. error vs float64 "
           f"{matmul_error:.1e}); {flops:.1f} GFLOP per image for these backbones")
 
-    ab, ac, ac_setup = b / a, c / a_compute, c / a
+    ab, ac, ac_setup, acf = b / a, c / a_compute, c / a, cf / a_compute
     warm_ratio = warm_s / a
     rows = [
         ("a/b  seed time / harness time", f"{ab:.2f}", ">= 1.3", ab >= 1.3),
         ("a/c  model-only time / harness time (both without builds)", f"{ac:.2f}", ">= 1.0",
          ac >= 1.0),
+        ("a/c' folded model-only time / harness time (same graph)", f"{acf:.2f}",
+         ">= 1.0", acf >= 1.0),
         ("warm rerun / cold", f"{warm_s:.3f} s / {a:.1f} s = {warm_ratio:.4f}", "<= 0.02",
          warm_ratio <= 0.02),
     ]
@@ -326,6 +354,14 @@ def main() -> None:
         small, big = rss_of(n, args), rss_of(4 * n, args)
         rows.append((f"peak RSS 4N/N ({4 * n}: {big:.0f} MiB, {n}: {small:.0f} MiB)",
                      f"{big / small:.2f}", "<= 1.2", big / small <= 1.2))
+    if args.bf16:
+        half = phase_in_child("a16", args)
+        half_compute = half["seconds"] - half["build"]
+        print(f"(a16) harness, bfloat16 : {half['seconds']:8.2f} s  {n / half['seconds']:6.2f} "
+              f"img/s  (without builds {n / half_compute:.2f} img/s; {a_compute / half_compute:.2f}x "
+              f"float32 (a))  [others used {half['busy']:.0%} of the CPUs]")
+        for backbone, seconds, per_s in half["per"]:
+            print(f"      {backbone:14s} model time {seconds:7.2f} s  {per_s:6.2f} img/s")
     print()
     print(f"==== bench/extract.py summary, N={n} ====")
     print(f"images/s: harness {n / a:.2f} (without builds {n / a_compute:.2f}), "

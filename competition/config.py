@@ -27,7 +27,7 @@ from competition.workspace import Workspace
 DEFAULT_CONFIG = Path("harness.toml")
 DEFAULT_BACKBONES = ("resnet50", "inception_v3", "xception")
 TTA_MODES = ("none", "flip", "crops")
-PRECISIONS = ("float32", "mixed")
+PRECISIONS = ("float32", "mixed", "bfloat16")
 HEADS = ("logreg", "dropout")
 BLEND_METHODS = ("mean", "weights", "stack")
 TEST_PREDICTIONS = ("refit", "fold-mean")

@@ -31,6 +31,7 @@ from features import parts as part_store
 from features.backbones import BackboneSpec, get_backbone
 from features.decode import DECODER_VERSION, decode_file
 from features.fingerprint import describe_changes, fingerprint_of, ids_digest, image_list_digest
+from features.fold import GRAPH_VERSION
 from features.shards import merge_shards, shard_images, shard_path
 from features.store import feature_path, read_attrs
 from features.weights import WeightsChoice, resolve_weights
@@ -162,6 +163,7 @@ def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: 
         "preprocessing": f"{spec.preprocess_name}; resize {RESIZE}"
                          + (f" {crop_size(spec.input_size)} 10-crop" if tta == "crops" else ""),
         "decoder": DECODER_VERSION,
+        "graph": GRAPH_VERSION,
         "precision": precision,
     }
 
@@ -196,8 +198,8 @@ def _validate(requests: Sequence[tuple[str, str]], weights: Mapping[str, Weights
             raise HarnessError(f"no weights chosen for {backbone}; resolve_weights() it first")
     if shard is not None:
         i, n = shard
-        if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
-            raise HarnessError(f"shard {shard!r} must be (i, n) with 0 <= i < n, e.g. --shard 0/4")
+        if not (isinstance(i, int) and isinstance(n, int) and 1 <= i <= n):
+            raise HarnessError(f"shard {i}/{n}: need 1 <= i <= n, e.g. --shard 1/4 ... 4/4")
 
 
 def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
@@ -371,10 +373,11 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
         features_dir: Where the HDF5 files go (names from store.feature_path).
         batch_size: Images per batch; 0 chooses for the machine.
         threads: Intra-op / decode threads; 0 chooses for the machine.
-        precision: "float32" or "mixed" (float16 compute, GPU only).
+        precision: "float32", "mixed" (float16 compute, GPU only; float32 on a CPU) or
+            "bfloat16" (bfloat16 compute; fast on CPUs with AVX512_BF16).
         force: Rebuild even files whose fingerprint matches.
-        shard: (i, n): extract only every n-th image from the i-th, into its own file
-            (merge with `merge_shards`).
+        shard: (i, n), 1 <= i <= n: extract only every n-th image from the i-th, into its
+            own file (merge with `merge_shards`).
         progress: Show a tqdm bar per split.
 
     Returns:

@@ -1,7 +1,8 @@
 """Shards: split extraction over machines or processes, then merge the files by id.
 
-Shard (i, n) holds every n-th image of each split starting at the i-th (a deterministic
-subset of the naturally ordered lists). Each shard file records the full image lists'
+Shard (i, n), 1 <= i <= n as on the command line (`--shard 1/4` ... `--shard 4/4`), holds
+every n-th image of each split starting at the i-th (a deterministic subset of the
+naturally ordered lists). Each shard file records the full image lists'
 fingerprint, counts and id digests, so the merge can check that the shards belong
 together and that no image is missing or doubled before it writes the full file.
 """
@@ -28,11 +29,11 @@ _FULL_KEYS = ("full_fingerprint", "full_train_count", "full_test_count",
 
 
 def shard_images(images: ImageList, shard: tuple[int, int] | None) -> ImageList:
-    """The deterministic subset of shard (i, n): every n-th image from the i-th, in order."""
+    """The deterministic subset of shard (i, n): every n-th image from the i-th (1-based)."""
     if shard is None:
         return images
     i, n = shard
-    return images.subset(np.arange(i, len(images), n))
+    return images.subset(np.arange(i - 1, len(images), n))
 
 
 def shard_path(path: Path, shard: tuple[int, int]) -> Path:
@@ -61,8 +62,8 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
             appears in two shards, or ids are missing.
     """
     final = feature_path(features_dir, backbone, tta)
-    paths = [shard_path(final, (i, n)) for i in range(n)]
-    for i, path in enumerate(paths):
+    paths = [shard_path(final, (i, n)) for i in range(1, n + 1)]
+    for i, path in enumerate(paths, start=1):
         if not path.is_file():
             raise HarnessError(f"shard {i} of {n} is missing: {path}; run `harness features "
                                f"--shard {i}/{n}` first")
@@ -72,7 +73,7 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
         for path, a in zip(paths, attrs):
             if not a.get("complete"):
                 raise HarnessError(f"{path} is incomplete; rerun its shard to finish it")
-            if a.get("shard") != f"{paths.index(path)}/{n}":
+            if a.get("shard") != f"{paths.index(path) + 1}/{n}":
                 raise HarnessError(f"{path} says it is shard {a.get('shard')!r}, not of {n}")
         for key in _FULL_KEYS:
             values = {a.get(key) for a in attrs}

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from competition.config import Config, load_config
+from competition.config import PRECISIONS, Config, load_config
 from competition.errors import HarnessError
 
 logger = logging.getLogger("harness")
@@ -80,13 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = verb("features", "extract and cache GAP features for every backbone")
     features.add_argument("--force", action="store_true", help="rebuild even if cached")
-    features.add_argument("--shard", type=_shard, help="extract only shard i of n, e.g. 1/4")
+    features.add_argument("--shard", type=_shard,
+                          help="extract only shard i of n (1/4 ... 4/4), then --merge n")
     features.add_argument("--merge", type=int, metavar="N",
                           help="assemble N finished shards into the feature files")
     features.add_argument("--batch-size", type=int, default=0, help="images per batch (0: auto)")
     features.add_argument("--threads", type=int, default=0, help="compute threads (0: auto)")
-    features.add_argument("--precision", choices=("float32", "mixed"),
-                          help="mixed: float16 compute on GPUs")
+    features.add_argument("--precision", choices=PRECISIONS,
+                          help="mixed: float16 compute on GPUs (float32 on a CPU); bfloat16: "
+                               "about 2x faster on CPUs with AVX512_BF16, features within ~0.5%%")
     features.add_argument("--tta", choices=("none", "flip", "crops"),
                           help="test-time augmentation of the default feature set")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,3 +91,25 @@ def test_folder_per_class_competition_gets_a_probability_column_per_class(tmp_pa
     np.testing.assert_allclose(table[["wasp", "ant", "bee"]].sum(axis=1), 1.0, atol=1e-6)
     predicted = table[["wasp", "ant", "bee"]].idxmax(axis=1)
     assert (predicted == table["id"].map(truth)).mean() >= 0.75
+
+
+@pytest.mark.slow
+def test_shards_from_the_command_line_merge_into_the_full_file(tmp_path):
+    """`--shard 1/2`, `--shard 2/2`, `--merge 2`, as the README tells a user to run them."""
+    (tmp_path / "harness.toml").write_text(CONFIG)
+    generate_demo(tmp_path / "ws" / "data", n_train=10, n_test=5)
+    features = tmp_path / "ws" / "features"
+    for i in (1, 2):
+        done = harness("-q", "features", "--shard", f"{i}/2", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (features / f"mobilenet_025.shard-{i}-of-2.h5").is_file()
+    merged = harness("-q", "features", "--merge", "2", cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    with h5py.File(features / "mobilenet_025.h5", "r") as handle:
+        assert handle.attrs["complete"] and handle["train"]["features"].shape[0] == 10
+        assert handle["test"]["ids"].asstr()[()].tolist() == ["1", "2", "3", "4", "5"]
+    # The merged file is the one an unsharded run would have written: it is reused.
+    again = harness("features", cwd=tmp_path)
+    assert again.returncode == 0 and "mobilenet_025 reused" in again.stderr, again.stderr[-3000:]
+    wrong = harness("features", "--shard", "3/2", cwd=tmp_path)
+    assert wrong.returncode == 2 and "need 1 <= i <= n" in wrong.stderr

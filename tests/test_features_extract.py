@@ -114,6 +114,25 @@ def test_fingerprint_change_rebuilds_and_says_why(feat_data, tmp_path, caplog):
     assert forced.result("mobilenet_025").reason.startswith("forced")
 
 
+def test_precision_is_in_the_fingerprint(feat_data, tmp_path):
+    train, test = image_lists(feat_data)
+    out = tmp_path / "features"
+    path = feature_path(out, "mobilenet_025")
+    run(train, test, out)
+    exact = load_split(path, "train").features
+    # "mixed" is float16 on GPUs only: on this CPU it computes, and so reuses, float32.
+    assert run(train, test, out, precision="mixed").result("mobilenet_025").reused
+    report = run(train, test, out, precision="bfloat16")
+    assert "precision changed ('float32' -> 'bfloat16')" in report.result("mobilenet_025").reason
+    half = load_split(path, "train")
+    assert half.attrs["precision"] == "bfloat16" and half.features.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: close to float32, but not the same numbers.
+    assert_close(half.features, exact, rel=5e-2)
+    assert differ(half.features, exact, rel=1e-4)
+    with pytest.raises(HarnessError, match="precision 'half' is not one of float32, mixed"):
+        run(train, test, out, precision="half")
+
+
 def test_tta_modes_have_their_own_files_and_fingerprints(feat_data, tmp_path):
     train, test = image_lists(feat_data)
     out = tmp_path / "features"
@@ -203,15 +222,15 @@ def test_shards_merge_by_id_and_refuse_missing_or_doubled(tmp_path):
     train, test = image_lists(data)
     full = run(train, test, tmp_path / "full")
     out = tmp_path / "sharded"
-    for i in range(3):
+    for i in (1, 2, 3):
         report = run(train, test, out, shard=(i, 3))
         assert report.results[0].path.name == f"mobilenet_025.shard-{i}-of-3.h5"
     aside = tmp_path / "aside.h5"
-    shutil.move(out / "mobilenet_025.shard-2-of-3.h5", aside)
-    with pytest.raises(HarnessError, match="shard 2 of 3 is missing"):
+    shutil.move(out / "mobilenet_025.shard-3-of-3.h5", aside)
+    with pytest.raises(HarnessError, match="shard 3 of 3 is missing"):
         merge_shards(out, "mobilenet_025", "none", 3)
     assert not feature_path(out, "mobilenet_025").exists()
-    shutil.move(aside, out / "mobilenet_025.shard-2-of-3.h5")
+    shutil.move(aside, out / "mobilenet_025.shard-3-of-3.h5")
     merged = merge_shards(out, "mobilenet_025", "none", 3)
     for split in ("train", "test"):
         a, b = load_split(full.results[0].path, split), load_split(merged, split)
@@ -221,14 +240,15 @@ def test_shards_merge_by_id_and_refuse_missing_or_doubled(tmp_path):
             assert list(a.labels) == list(b.labels)
     # The merged file carries the full fingerprint: an unsharded run reuses it.
     assert run(train, test, out).results[0].reused
-    # A doubled shard (shard 0's file copied over shard 1's) is refused.
-    shutil.copy(out / "mobilenet_025.shard-0-of-3.h5", out / "mobilenet_025.shard-1-of-3.h5")
-    with h5py.File(out / "mobilenet_025.shard-1-of-3.h5", "a") as handle:
-        handle.attrs["shard"] = "1/3"
+    # A doubled shard (shard 1's file copied over shard 2's) is refused.
+    shutil.copy(out / "mobilenet_025.shard-1-of-3.h5", out / "mobilenet_025.shard-2-of-3.h5")
+    with h5py.File(out / "mobilenet_025.shard-2-of-3.h5", "a") as handle:
+        handle.attrs["shard"] = "2/3"
     with pytest.raises(HarnessError, match="is in both"):
         merge_shards(out, "mobilenet_025", "none", 3)
-    with pytest.raises(HarnessError, match="0 <= i < n"):
-        run(train, test, out, shard=(3, 3))
+    for bad in ((0, 3), (4, 3)):
+        with pytest.raises(HarnessError, match=r"need 1 <= i <= n, e.g. --shard 1/4"):
+            run(train, test, out, shard=bad)
 
 
 KILLER = textwrap.dedent("""
