@@ -20,8 +20,10 @@ from features.fold import fold_batch_norm
 logger = logging.getLogger(__name__)
 
 # Keras dtype policy per precision: mixed = float16 compute (GPUs; on a CPU it falls back to
-# float32), bfloat16 = bfloat16 compute anywhere (measured 2x float32 on a CPU with
-# AVX512_BF16; features differ from float32 by about 0.5% of their scale).
+# float32), bfloat16 = bfloat16 compute anywhere. Measured by bench/precision.py on a CPU
+# with AVX512_BF16, Xception with ImageNet weights on 1,200 photos: 1.74x the float32
+# throughput, features within 1.5% (median; worst 3.8%) of each row's largest value, and
+# the same CV log loss (0.0145 vs 0.0146).
 POLICIES = {"float32": "float32", "mixed": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 CPU_BATCH = 32  # measured: batch 16 and 32 run at the same img/s on CPU; 32 amortises overhead
 GPU_BATCH_PER_REPLICA = 128

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--threads", type=int, default=0, help="compute threads (0: auto)")
     features.add_argument("--precision", choices=PRECISIONS,
                           help="mixed: float16 compute on GPUs (float32 on a CPU); bfloat16: "
-                               "about 2x faster on CPUs with AVX512_BF16, features within ~0.5%%")
+                               "1.7-2x faster on CPUs with AVX512_BF16; features change slightly")
     features.add_argument("--tta", choices=("none", "flip", "crops"),
                           help="test-time augmentation of the default feature set")
 
