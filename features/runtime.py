@@ -172,26 +172,45 @@ class Forward:
 
         # One trace for every batch size (the last batch is smaller): retracing costs seconds.
         size = spec.input_size
-        self._step = tf.function(
-            step, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
+        if runtime.replicas <= 1:
+            self._step = tf.function(step, input_signature=signature)
+        else:
+            self._step = tf.function(_mirrored(step, runtime), input_signature=signature)
         # Trace and optimise the graph now (seconds per backbone), so that the first batch
         # does not pay for it and per-backbone model time measures compute only.
         self(tf.zeros([1, size, size, 3], tf.float32))
 
     def __call__(self, images: Any) -> Any:
         """GAP features (B, D) float32 of a batch of RGB 0-255 float images (B, S, S, 3)."""
-        import tensorflow as tf
+        return self._step(images)
 
-        if self.runtime.replicas <= 1:
-            return self._step(images)
-        strategy, n = self.runtime.strategy, self.runtime.replicas
-        size = tf.shape(images)[0]
-        per = (size + n - 1) // n
 
-        def slice_for(context: Any) -> Any:
-            start = tf.minimum(context.replica_id_in_sync_group * per, size)
-            return images[start:tf.minimum(start + per, size)]
+def _mirrored(step: Any, runtime: Runtime) -> Any:
+    """`step` over all replicas: each computes an equal contiguous slice of the batch, and
+    the slices are gathered in replica order, so row i of the output is image i.
 
-        distributed = strategy.experimental_distribute_values_from_function(slice_for)
-        result = strategy.run(self._step, args=(distributed,))
-        return strategy.gather(result, axis=0)
+    Every replica receives the whole batch and cuts its own slice (a batch of images is
+    small next to the compute it feeds). The batch is padded to a multiple of the replica
+    count with zero images, whose rows are dropped: a replica must never get an empty
+    slice, because a convolution on 0 images returns a wrongly shaped result on CPU
+    (measured: "Incompatible shapes: [0,224,224,3] vs. [8]"). Run only on two logical CPUs
+    (tests/test_features_runtime.py), not on GPUs.
+    """
+    import tensorflow as tf
+
+    strategy, replicas = runtime.strategy, runtime.replicas
+
+    def replica_step(images: Any) -> Any:
+        per = tf.shape(images)[0] // replicas
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return step(images[replica * per:(replica + 1) * per])
+
+    def distributed(images: Any) -> Any:
+        count = tf.shape(images)[0]
+        padding = (-count) % replicas
+        padded = tf.pad(images, [[0, padding], [0, 0], [0, 0], [0, 0]])
+        gathered = strategy.gather(strategy.run(replica_step, args=(padded,)), axis=0)
+        return gathered[:count]
+
+    return distributed
