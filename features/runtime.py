@@ -84,6 +84,9 @@ def configure(batch_size: int = 0, threads: int = 0, precision: str = "float32")
     if precision == "mixed" and not gpus:
         logger.info("precision=mixed asked for but no GPU is visible: using float32 on CPU")
         used_precision = "float32"
+    if precision == "float32" and not gpus and cpu_has_bf16():
+        logger.info("this CPU computes bfloat16 natively: --precision bfloat16 extracted "
+                    "Xception 1.74x faster with the same CV log loss (bench/precision.py)")
     if precision == "bfloat16" and not gpus and not cpu_has_bf16():
         logger.warning("precision=bfloat16 on a CPU without AVX512_BF16 or AMX: bfloat16 is "
                        "emulated there and is usually slower than float32")
