@@ -238,6 +238,17 @@ def rss_of(n: int, args: argparse.Namespace) -> float:
     return int(out.split("RSS_KB")[-1].split()[0]) / 1024
 
 
+def extraction_times(report) -> dict:
+    """Wall and build seconds of one harness run, and each backbone's model time."""
+    return {"seconds": report.seconds, "build": report.build_seconds,
+            "per": [[r.backbone, r.seconds, r.images_per_s] for r in report]}
+
+
+def print_model_times(per: list) -> None:
+    for backbone, seconds, per_s in per:
+        print(f"      {backbone:14s} model time {seconds:7.2f} s  {per_s:6.2f} img/s")
+
+
 def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dict:
     """One timed phase, in a process of its own (see `phase_in_child`)."""
     import tensorflow  # noqa: F401 - imported before timing: no phase pays for it
@@ -248,8 +259,7 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
         with tempfile.TemporaryDirectory() as out:
             report = harness(images, backbones, Path(out), args.batch_size, args.threads,
                              precision="bfloat16")
-        return {"seconds": report.seconds, "build": report.build_seconds, "busy": load.others(),
-                "per": [[r.backbone, r.seconds, r.images_per_s] for r in report]}
+        return {**extraction_times(report), "busy": load.others()}
     if phase == "a":
         with tempfile.TemporaryDirectory() as out:
             report = harness(images, backbones, Path(out), args.batch_size, args.threads)
@@ -262,9 +272,8 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
         # oneDNN's primitives for these shapes already created, as (c') is after its warm-up.
         with tempfile.TemporaryDirectory() as out:
             again = harness(images, backbones, Path(out), args.batch_size, args.threads)
-        return {"seconds": report.seconds, "build": report.build_seconds, "busy": busy,
-                "warm": warm_s, "steady": again.seconds - again.build_seconds,
-                "per": [[r.backbone, r.seconds, r.images_per_s] for r in report]}
+        return {**extraction_times(report), "busy": busy, "warm": warm_s,
+                "steady": again.seconds - again.build_seconds}
     if phase == "b":
         return {"seconds": seed_recipe(images, backbones), "busy": load.others()}
     seconds, per = model_only(images, backbones, fold=phase == "c_folded")
@@ -350,8 +359,7 @@ def main() -> None:
     print(f"(a) harness one pass     : {a:8.2f} s  {n / a:6.2f} img/s  (of which model builds "
           f"+ graph tracing {phase_a['build']:.1f} s; without them {a_compute:.2f} s, "
           f"{n / a_compute:.2f} img/s)  [others used {busy_a:.0%} of the CPUs; {spread(phase_a)}]")
-    for backbone, seconds, per_s in phase_a["per"]:
-        print(f"      {backbone:14s} model time {seconds:7.2f} s  {per_s:6.2f} img/s")
+    print_model_times(phase_a["per"])
     steady = phase_a["steady"]
     print(f"(a') harness again in the same process (steady state): {steady:.2f} s without builds, "
           f"{n / steady:.2f} img/s")
@@ -392,8 +400,7 @@ def main() -> None:
         print(f"(a16) harness, bfloat16 : {half['seconds']:8.2f} s  {n / half['seconds']:6.2f} "
               f"img/s  (without builds {n / half_compute:.2f} img/s; {a_compute / half_compute:.2f}x "
               f"float32 (a))  [others used {half['busy']:.0%} of the CPUs]")
-        for backbone, seconds, per_s in half["per"]:
-            print(f"      {backbone:14s} model time {seconds:7.2f} s  {per_s:6.2f} img/s")
+        print_model_times(half["per"])
     print()
     print(f"==== bench/extract.py summary, N={n} ====")
     print(f"images/s: harness {n / a:.2f} (without builds {n / a_compute:.2f}), "

@@ -175,11 +175,8 @@ class Forward:
 
         # One trace for every batch size (the last batch is smaller): retracing costs seconds.
         size = spec.input_size
-        signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
-        if runtime.replicas <= 1:
-            self._step = tf.function(step, input_signature=signature)
-        else:
-            self._step = tf.function(_mirrored(step, runtime), input_signature=signature)
+        self._step = tf.function(step if runtime.replicas <= 1 else _mirrored(step, runtime),
+                                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         # Trace and optimise the graph now (seconds per backbone), so that the first batch
         # does not pay for it and per-backbone model time measures compute only.
         self(tf.zeros([1, size, size, 3], tf.float32))
