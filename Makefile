@@ -17,28 +17,41 @@ ENSEMBLE    ?=
 PYTEST_ARGS ?=
 
 HARNESS := $(VENV)/bin/harness
-ARGS := --config $(CONFIG) \
-	$(if $(COMPETITION),--competition $(COMPETITION)) \
-	$(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
-	$(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) \
-	$(if $(WEIGHTS),--weights $(WEIGHTS)) \
-	$(if $(BACKBONES),--backbones $(BACKBONES)) \
-	$(if $(WORKSPACE),--workspace $(WORKSPACE))
+# Each value is quoted for the shell, so paths with spaces or quotes stay one argument.
+quote = '$(subst ','\'',$(1))'
+ARGS := --config $(call quote,$(CONFIG)) \
+	$(if $(COMPETITION),--competition $(call quote,$(COMPETITION))) \
+	$(if $(DATA_DIR),--data-dir $(call quote,$(DATA_DIR))) \
+	$(if $(WEIGHTS_DIR),--weights-dir $(call quote,$(WEIGHTS_DIR))) \
+	$(if $(WEIGHTS),--weights $(call quote,$(WEIGHTS))) \
+	$(if $(BACKBONES),--backbones $(call quote,$(BACKBONES))) \
+	$(if $(WORKSPACE),--workspace $(call quote,$(WORKSPACE)))
+ENSEMBLE_ARG = $(if $(ENSEMBLE),--ensemble $(call quote,$(ENSEMBLE)))
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test data features ensembles submit upload leaderboard clean
+.PHONY: help setup lock lint test data features ensembles submit upload leaderboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install the harness (reruns when pyproject.toml changes)
+setup: $(STAMP) ## create .venv and install the pinned versions from requirements.lock
 
-$(STAMP): pyproject.toml
+# The lock pins every package, with hashes, for Python 3.11-3.13: a fresh clone installs
+# what the tests passed with, whatever upstream released since. `make lock` refreshes it.
+$(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
+
+lock: setup ## re-resolve requirements.lock from pyproject.toml + requirements.in (then run make test)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements.in --extra test \
+		--universal --python-version 3.11 --generate-hashes --upgrade -o requirements.lock
+	@echo "requirements.lock refreshed: run 'make test' on a fresh clone before committing it"
+
+lint: setup ## ruff over the whole project
+	$(VENV)/bin/ruff check .
 
 test: setup ## install everything and run all tests
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -53,10 +66,10 @@ ensembles: setup ## cross-validate every ensemble, print the CV table
 	$(HARNESS) ensembles $(ARGS)
 
 submit: setup ## features -> ensembles -> validated submission CSVs (offline demo by default)
-	$(HARNESS) submit $(ARGS) $(if $(ENSEMBLE),--ensemble $(ENSEMBLE))
+	$(HARNESS) submit $(ARGS) $(ENSEMBLE_ARG)
 
 upload: setup ## upload the best (or ENSEMBLE=name) CSV and verify it on Kaggle
-	$(HARNESS) upload $(ARGS) $(if $(ENSEMBLE),--ensemble $(ENSEMBLE))
+	$(HARNESS) upload $(ARGS) $(ENSEMBLE_ARG)
 
 leaderboard: setup ## fetch your scores, compare with CV, draw the plot
 	$(HARNESS) leaderboard $(ARGS)

@@ -43,11 +43,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from competition.images import ImageList, natural_key  # noqa: E402
+from competition.images import ImageList, natural_key
+from tests.shared_assets import MINI_DATA, shared_root
 
-DATA = Path("/work/shared/data/dogs-vs-cats-mini/train")
+DATA = shared_root() / MINI_DATA / "train"
 ISSUE_PEAK_GFLOPS = 196  # the issue's measured fp32 peak: 5.4 img/s for the three backbones
 # Forward GFLOP per image (2 x multiply-adds) at the native size: ResNet50 224 3.9-4.1 G MACs,
 # InceptionV3 299 5.7 G, Xception 299 8.4 G (the papers' and Keras' published counts).
@@ -406,7 +407,7 @@ def main() -> None:
     print(f"images/s: harness {n / a:.2f} (without builds {n / a_compute:.2f}), "
           f"seed {n / b:.2f}, model-only {n / c:.2f}")
     print(f"a/c including the harness's builds and tracing: {ac_setup:.2f} (informative)")
-    if flops == flops:
+    if not np.isnan(flops):
         issue_roof = ISSUE_PEAK_GFLOPS / flops
         roof = peak / flops
         print(f"roofline: issue's {issue_roof:.1f} img/s ({ISSUE_PEAK_GFLOPS} GFLOPS): harness "

@@ -27,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-SHARED = Path(os.environ.get("HARNESS_SHARED", ROOT.parent / "shared"))
-DATA = SHARED / "data" / "dogs-vs-cats-mini"
-WEIGHTS = SHARED / "weights"
+from tests.shared_assets import MINI_DATA, MOBILENET_WEIGHTS, shared_root
+
+DATA = shared_root() / MINI_DATA
+WEIGHTS = shared_root() / MOBILENET_WEIGHTS.parent
 PRECISIONS = ("float32", "bfloat16")
 
 

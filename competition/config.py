@@ -10,15 +10,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 from competition.errors import HarnessError
 from competition.spec import CATALOG, CompetitionSpec, get_spec

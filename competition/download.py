@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from competition.archives import extract_nested, safe_extract
@@ -54,7 +54,7 @@ def _read_record(data_dir: Path, slug: str) -> list[Path] | None:
 def _write_record(data_dir: Path, slug: str, files: list[Path]) -> None:
     record = {
         "competition": slug,
-        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": {p.relative_to(data_dir).as_posix(): p.stat().st_size for p in files},
     }
     with atomic_path(data_dir / COMPLETION_RECORD) as tmp:

@@ -121,10 +121,9 @@ def load_matrix(features_dir: Path, backbones: tuple[str, ...], tta: str, split:
                                f"{list(other.classes)}); re-extract with --force")
         order = np.fromiter((position[key] for key in other.ids), dtype=np.int64,
                             count=len(other.ids))
-        if first.labels is not None:
-            if not np.array_equal(first.labels[order], other.labels):
-                raise HarnessError(f"{where} disagree on labels for the same ids; "
-                                   "re-extract with --force")
+        if first.labels is not None and not np.array_equal(first.labels[order], other.labels):
+            raise HarnessError(f"{where} disagree on labels for the same ids; "
+                               "re-extract with --force")
         failed[order] |= other.failed
         width = other.features.shape[1]
         if X is not None:

@@ -390,7 +390,7 @@ def _batches_class() -> type:
     return Batches
 
 
-def _Monitor(head: DropoutHead, X: Any, y: Any, rows: Any = None):  # noqa: N802 - a class
+def _Monitor(head: DropoutHead, X: Any, y: Any, rows: Any = None):
     """A Keras callback adding val_loss/val_accuracy on (X[rows], y) to the logs each
     epoch; `X[rows]` is predicted in chunks, never copied whole."""
     import keras

@@ -78,35 +78,34 @@ def result_path(ensembles_dir: Path, name: str) -> Path:
 def save_result(ensembles_dir: Path, result: EnsembleResult) -> Path:
     """Write `result` atomically (temporary file + rename); returns its path."""
     path = result_path(ensembles_dir, result.name)
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            oof = f.create_group("oof")
-            oof.create_dataset("ids", data=np.asarray(result.oof_ids, dtype=object), dtype=STRING)
-            oof.create_dataset("proba", data=result.oof_proba)
-            oof.create_dataset("labels", data=result.oof_labels.astype(np.int64))
-            oof.create_dataset("folds", data=result.folds.astype(np.int64))
-            test = f.create_group("test")
-            test.create_dataset("ids", data=np.asarray(result.test_ids, dtype=object),
-                                dtype=STRING)
-            test.create_dataset("proba", data=result.test_proba)
-            failed = result.test_failed if len(result.test_failed) else \
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        oof = f.create_group("oof")
+        oof.create_dataset("ids", data=np.asarray(result.oof_ids, dtype=object), dtype=STRING)
+        oof.create_dataset("proba", data=result.oof_proba)
+        oof.create_dataset("labels", data=result.oof_labels.astype(np.int64))
+        oof.create_dataset("folds", data=result.folds.astype(np.int64))
+        test = f.create_group("test")
+        test.create_dataset("ids", data=np.asarray(result.test_ids, dtype=object),
+                            dtype=STRING)
+        test.create_dataset("proba", data=result.test_proba)
+        failed = result.test_failed if len(result.test_failed) else \
                 np.zeros(len(result.test_ids), dtype=bool)
-            test.create_dataset("failed", data=failed.astype(bool))
-            attrs = {
-                "name": result.name, "kind": result.kind, "head": result.head,
-                "metric": result.metric, "cv_log_loss": result.cv_log_loss,
-                "cv_log_loss_std": result.cv_log_loss_std,
-                "cv_log_loss_clipped": result.cv_log_loss_clipped,
-                "cv_accuracy": result.cv_accuracy, "cv_accuracy_std": result.cv_accuracy_std,
-                "fit_seconds": result.fit_seconds, "key": result.key,
-                "backbones": json.dumps(list(result.backbones)),
-                "classes": json.dumps(list(result.classes)),
-                "clip": json.dumps(None if result.clip is None else list(result.clip)),
-                "params": json.dumps(result.params, default=str),
-                "histories": json.dumps(result.histories),
-            }
-            f.attrs.update(attrs)
-            f.attrs["complete"] = True
+        test.create_dataset("failed", data=failed.astype(bool))
+        attrs = {
+            "name": result.name, "kind": result.kind, "head": result.head,
+            "metric": result.metric, "cv_log_loss": result.cv_log_loss,
+            "cv_log_loss_std": result.cv_log_loss_std,
+            "cv_log_loss_clipped": result.cv_log_loss_clipped,
+            "cv_accuracy": result.cv_accuracy, "cv_accuracy_std": result.cv_accuracy_std,
+            "fit_seconds": result.fit_seconds, "key": result.key,
+            "backbones": json.dumps(list(result.backbones)),
+            "classes": json.dumps(list(result.classes)),
+            "clip": json.dumps(None if result.clip is None else list(result.clip)),
+            "params": json.dumps(result.params, default=str),
+            "histories": json.dumps(result.histories),
+        }
+        f.attrs.update(attrs)
+        f.attrs["complete"] = True
     return path
 
 

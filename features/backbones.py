@@ -8,8 +8,9 @@ checking whether cached features are still valid never pays TensorFlow's import 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from competition.errors import HarnessError
 

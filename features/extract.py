@@ -17,7 +17,7 @@ import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ def library_versions() -> dict[str, str]:
 
 def crop_size(input_size: int) -> int:
     """The side an image is resized to before 10-crop oversampling."""
-    return int(round(input_size * CROP_SCALE))
+    return round(input_size * CROP_SCALE)
 
 
 def _sizes(jobs: Sequence[_Job]) -> list[int]:
@@ -250,7 +250,7 @@ def _attrs(job: _Job, train: ImageList, precision: str) -> dict:
         "libraries": part_store.json_attr(library_versions()),
         "fingerprint": job.fingerprint,
         "fingerprint_parts": part_store.json_attr(job.parts),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     attrs.update({f"{k}_version": v for k, v in library_versions().items()})
     attrs.update(job.extra_attrs)

@@ -33,7 +33,7 @@ def image_list_digest(images: ImageList) -> dict:
             size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
             size, mtime = -1, -1
-        digest.update(f"{image_id}\0{Path(path).name}\0{size}\0{mtime}\n".encode("utf-8"))
+        digest.update(f"{image_id}\0{Path(path).name}\0{size}\0{mtime}\n".encode())
     if images.labels is not None:
         digest.update(",".join(str(int(v)) for v in images.labels).encode("ascii"))
     digest.update(json.dumps(list(images.classes)).encode("utf-8"))

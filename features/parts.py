@@ -122,48 +122,47 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
         RuntimeError: a row is missing from the parts (a bug, never a user error).
     """
     bad: dict[str, list[tuple[str, str]]] = {}
-    with atomic_path(final_path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            for split, images in (("train", train), ("test", test)):
-                n = len(images)
-                reasons = np.full(n, "", dtype=object)
-                covered = np.zeros(n, dtype=bool)
-                for path in _parts(folder, split):
-                    part = _load(path, ("rows", "reasons"))
-                    if part is not None:
-                        reasons[part["rows"]] = part["reasons"]
-                        covered[part["rows"]] = True
-                if not covered.all():
-                    raise RuntimeError(f"{folder}: {int((~covered).sum())} {split} rows missing")
-                keep = (reasons == "") if split == "train" else np.ones(n, dtype=bool)
-                target = np.cumsum(keep) - 1
-                rows_out = int(keep.sum())
-                group = handle.create_group(split)
-                features = group.create_dataset(
-                    "features", shape=(rows_out, feature_dim), dtype="f4",
-                    chunks=_chunks(rows_out, feature_dim), maxshape=(None, feature_dim),
-                    fillvalue=0.0)
-                for part in _iter_parts(folder, split):
-                    rows, values = part["rows"], part["features"]
-                    if split == "test":
-                        values = np.where((part["reasons"] == "")[:, None], values, 0.0)
-                    chosen = keep[rows]
-                    _write_rows(features, target[rows[chosen]], values[chosen])
-                kept_ids = [i for i, k in zip(images.ids, keep) if k]
-                group.create_dataset("ids", data=np.asarray(kept_ids, dtype=object),
-                                     dtype=STRING, shape=(rows_out,))
-                pairs = [(images.ids[r], str(reasons[r])) for r in np.flatnonzero(reasons != "")]
-                bad[split] = pairs
-                if split == "train":
-                    labels = (np.zeros(n, np.int64) if images.labels is None
-                              else np.asarray(images.labels, np.int64))
-                    group.create_dataset("labels", data=labels[keep])
-                    _reason_table(group, "skipped", pairs)
-                else:
-                    _reason_table(group, "failed", pairs)
-            for key, value in attrs.items():
-                handle.attrs[key] = value
-            handle.attrs["complete"] = True
+    with atomic_path(final_path) as tmp, h5py.File(tmp, "w") as handle:
+        for split, images in (("train", train), ("test", test)):
+            n = len(images)
+            reasons = np.full(n, "", dtype=object)
+            covered = np.zeros(n, dtype=bool)
+            for path in _parts(folder, split):
+                part = _load(path, ("rows", "reasons"))
+                if part is not None:
+                    reasons[part["rows"]] = part["reasons"]
+                    covered[part["rows"]] = True
+            if not covered.all():
+                raise RuntimeError(f"{folder}: {int((~covered).sum())} {split} rows missing")
+            keep = (reasons == "") if split == "train" else np.ones(n, dtype=bool)
+            target = np.cumsum(keep) - 1
+            rows_out = int(keep.sum())
+            group = handle.create_group(split)
+            features = group.create_dataset(
+                "features", shape=(rows_out, feature_dim), dtype="f4",
+                chunks=_chunks(rows_out, feature_dim), maxshape=(None, feature_dim),
+                fillvalue=0.0)
+            for part in _iter_parts(folder, split):
+                rows, values = part["rows"], part["features"]
+                if split == "test":
+                    values = np.where((part["reasons"] == "")[:, None], values, 0.0)
+                chosen = keep[rows]
+                _write_rows(features, target[rows[chosen]], values[chosen])
+            kept_ids = [i for i, k in zip(images.ids, keep) if k]
+            group.create_dataset("ids", data=np.asarray(kept_ids, dtype=object),
+                                 dtype=STRING, shape=(rows_out,))
+            pairs = [(images.ids[r], str(reasons[r])) for r in np.flatnonzero(reasons != "")]
+            bad[split] = pairs
+            if split == "train":
+                labels = (np.zeros(n, np.int64) if images.labels is None
+                          else np.asarray(images.labels, np.int64))
+                group.create_dataset("labels", data=labels[keep])
+                _reason_table(group, "skipped", pairs)
+            else:
+                _reason_table(group, "failed", pairs)
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+        handle.attrs["complete"] = True
     return bad
 
 

@@ -81,18 +81,17 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
                 raise HarnessError(f"shards of {final.name} disagree on {key}: they come from "
                                    "different image lists or settings; rerun all shards")
         first = attrs[0]
-        with atomic_path(final) as tmp:
-            with h5py.File(tmp, "w") as out:
-                for split, bad_name in (("train", "skipped"), ("test", "failed")):
-                    _merge_split(out, handles, paths, split, bad_name, first)
-                for key, value in first.items():
-                    if key not in _FULL_KEYS and not key.startswith("full_"):
-                        out.attrs[key] = value
-                out.attrs["fingerprint"] = first["full_fingerprint"]
-                out.attrs["fingerprint_parts"] = first["full_fingerprint_parts"]
-                out.attrs["shard"] = ""
-                out.attrs["merged_from"] = json.dumps([p.name for p in paths])
-                out.attrs["complete"] = True
+        with atomic_path(final) as tmp, h5py.File(tmp, "w") as out:
+            for split, bad_name in (("train", "skipped"), ("test", "failed")):
+                _merge_split(out, handles, paths, split, bad_name, first)
+            for key, value in first.items():
+                if key not in _FULL_KEYS and not key.startswith("full_"):
+                    out.attrs[key] = value
+            out.attrs["fingerprint"] = first["full_fingerprint"]
+            out.attrs["fingerprint_parts"] = first["full_fingerprint_parts"]
+            out.attrs["shard"] = ""
+            out.attrs["merged_from"] = json.dumps([p.name for p in paths])
+            out.attrs["complete"] = True
     finally:
         for handle in handles:
             handle.close()

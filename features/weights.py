@@ -3,7 +3,7 @@
 Order of resolution for one backbone:
 1. `[features] weights_for[backbone]` when set;
 2. else, when `weights_dir` is set, the backbone's file found there (see
-   `BackboneSpec.weight_files`), so `/work/shared/weights` or an offline Kaggle dataset works;
+   `BackboneSpec.weight_files`), so `../shared/weights` or an offline Kaggle dataset works;
 3. else `[features] weights`: "auto" ("none" for the demo, "imagenet" otherwise),
    "imagenet", "none", or a file path.
 

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 STATUSES = ("pending", "submitted", "complete", "error", "rejected", "failed")
@@ -47,7 +47,7 @@ CREATE INDEX IF NOT EXISTS uploads_sha ON uploads (competition, sha256);
 
 def now_utc() -> str:
     """The current time as ISO 8601 UTC with seconds, as stored in the ledger."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)

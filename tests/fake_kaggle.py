@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -165,7 +165,7 @@ class FakeKaggle:
         data = self.uploads[token]
         ref = 1000 + len(self.submissions) + 1
         scores = self.scorer(data) if self.scorer else None
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         self.submissions.append({
             "ref": ref, "totalBytes": len(data), "date": _iso(now),
             "description": body.get("submissionDescription", ""),

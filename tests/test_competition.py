@@ -132,10 +132,9 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
 
     target = tmp_path / "out.csv"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
     with atomic_path(target) as tmp:
         tmp.write_text("new")

@@ -129,7 +129,7 @@ def test_logistic_fit_on_rows_equals_fit_on_copied_rows_and_leaves_x_alone():
 def test_dropout_fit_on_rows_equals_fit_on_copied_rows():
     X, y = blobs(n=200, d=12, gap=1.0)
     rows = np.random.default_rng(2).permutation(200)[:150]
-    params = dict(epochs=4, batch_size=16, validation_split=0.2, early_stopping=2)
+    params = {"epochs": 4, "batch_size": 16, "validation_split": 0.2, "early_stopping": 2}
     by_rows = DropoutHead(**params).fit(X, y[rows], rows=rows)
     copied = DropoutHead(**params).fit(X[rows], y[rows])
     assert by_rows.n_features_in_ == 12 and by_rows.n_epochs_ == copied.n_epochs_
@@ -142,7 +142,7 @@ def test_dropout_monitor_reads_held_rows_without_a_copy():
     X, y = blobs(n=180, d=10)
     held = np.arange(0, 180, 4)
     train = np.setdiff1d(np.arange(180), held)
-    params = dict(epochs=3, batch_size=32, validation_split=0.0, early_stopping=0)
+    params = {"epochs": 3, "batch_size": 32, "validation_split": 0.0, "early_stopping": 0}
     a = DropoutHead(**params).fit(X, y[train], rows=train, monitor=(X, y[held], held))
     b = DropoutHead(**params).fit(X[train], y[train], monitor=(X[held], y[held]))
     assert len(a.history_["val_loss"]) == 3
@@ -187,7 +187,7 @@ def test_dropout_head_on_too_few_rows_for_a_hold_out_trains_on_all(caplog):
 def test_column_stats_keep_tiny_but_varying_columns():
     # Random-init backbones give features ~1e-17 that still differ between images.
     X = np.array([[1e-17, 5.0], [3e-17, 5.0], [2e-17, 5.0]], dtype=np.float32)
-    mean, scale = column_stats(X)
+    _, scale = column_stats(X)
     assert scale[0] == pytest.approx(np.std(X[:, 0].astype(np.float64)), rel=1e-3)
     assert scale[1] == 1.0  # constant column: never divided by zero
 

@@ -261,8 +261,8 @@ BAD = [
      r"ensemble 'x': unknown preset 'seed999'; known: seed004"),
     ("[ensembles.x]\nbackbones=['a']\nhead='logreg'\nclip=[0.9, 0.1]\n", ["a"],
      r"ensemble 'x': clip = \[0.9, 0.1\] must be"),
-    ("[blends.bl]\nmembers=['x']\nmethod='weights'\nC=1\n[ensembles.x]\nbackbones=['a']\n"
-     "head='logreg'\n", ["a"], r"blend 'bl': unknown parameter 'C' for method 'weights'"),
+    (("[blends.bl]\nmembers=['x']\nmethod='weights'\nC=1\n[ensembles.x]\nbackbones=['a']\n"
+      "head='logreg'\n"), ["a"], r"blend 'bl': unknown parameter 'C' for method 'weights'"),
 ]
 
 

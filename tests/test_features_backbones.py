@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,9 +13,8 @@ from competition.errors import HarnessError
 from competition.spec import get_spec
 from features.backbones import BACKBONES, get_backbone
 from features.weights import resolve_weights
+from tests.shared_assets import MOBILENET_WEIGHTS, shared_dir
 
-SHARED_WEIGHTS = Path("/work/shared/weights")
-MOBILENET_FILE = SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"
 MOBILENET_SHA = "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
 
 
@@ -104,12 +102,12 @@ def test_weights_for_overrides_dir_and_missing_path_fails(tmp_path):
 
 
 @pytest.mark.real_weights
-@pytest.mark.skipif(not MOBILENET_FILE.is_file(), reason="shared MobileNet weights absent")
 def test_mobilenet_real_weights_load_from_shared_dir():
-    choice = resolve_weights("mobilenet_025", FeaturesConfig(weights_dir=SHARED_WEIGHTS),
+    mobilenet_file = shared_dir() / MOBILENET_WEIGHTS
+    choice = resolve_weights("mobilenet_025", FeaturesConfig(weights_dir=mobilenet_file.parent),
                              get_spec("dogs-vs-cats-redux-kernels-edition"))
     assert choice.identity == f"sha256:{MOBILENET_SHA}"
     model = get_backbone("mobilenet_025").build(choice.keras_arg)
-    with h5py.File(MOBILENET_FILE, "r") as handle:
+    with h5py.File(mobilenet_file, "r") as handle:
         stored = handle["conv1/conv1/kernel:0"][()]
     np.testing.assert_array_equal(np.asarray(model.get_layer("conv1").kernel), stored)

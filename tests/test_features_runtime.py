@@ -75,7 +75,7 @@ def run_gpu_paths(tmp_path: Path, weights: str) -> dict:
     script = tmp_path / "gpu_paths.py"
     script.write_text(GPU_PATHS_SCRIPT)
     done = subprocess.run([sys.executable, str(script), str(ROOT), weights],
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, timeout=600, check=False,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
