@@ -79,6 +79,8 @@ class CVConfig:
     folds: int = 5
     seed: int = 0
     test_predictions: str = "refit"
+    # Training ids left out of fitting (e.g. mislabelled photos seen on the contact sheet).
+    exclude_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,30 @@ def parse_clip(value: Any, where: str) -> str | tuple[float, float]:
     )
 
 
+def _exclude_ids(cv_table: dict, source: Path | None) -> tuple[str, ...]:
+    """[cv] exclude_ids (a list of ids) plus the ids in exclude_ids_file (one per line,
+    `#` comments allowed; relative to the config file), sorted and unique."""
+    listed = cv_table.get("exclude_ids", [])
+    if not isinstance(listed, list) or not all(isinstance(i, str) for i in listed):
+        raise HarnessError(f"{_where(source)}: [cv] exclude_ids must be a list of id strings, "
+                           f"e.g. [\"cat.123\"], got {listed!r}")
+    ids = set(listed)
+    if "exclude_ids_file" in cv_table:
+        name = cv_table["exclude_ids_file"]
+        if not isinstance(name, str):
+            raise HarnessError(f"{_where(source)}: [cv] exclude_ids_file must be a path string")
+        path = Path(name)
+        if not path.is_absolute() and source is not None:
+            path = Path(source).parent / path
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise HarnessError(f"{_where(source)}: [cv] exclude_ids_file {path} cannot be "
+                               f"read ({exc.strerror}); fix the path or remove the key") from None
+        ids |= {line.split("#", 1)[0].strip() for line in lines} - {""}
+    return tuple(sorted(ids))
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read the TOML file at `path` (default `harness.toml` if it exists) and apply overrides.
 
@@ -323,12 +349,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise HarnessError(f"{_where(source)}: {clash[0]!r} names both an ensemble and a blend; "
                            "rename one (their predictions are saved under the name)")
     cv_table = _table(raw.get("cv", {}), "cv", source)
-    _check_keys(cv_table, {"folds", "seed", "test_predictions"}, "[cv]", source)
+    _check_keys(cv_table, {"folds", "seed", "test_predictions", "exclude_ids",
+                           "exclude_ids_file"}, "[cv]", source)
     cv = CVConfig(
         folds=_int(cv_table.get("folds", 5), "[cv] folds", source),
         seed=_int(cv_table.get("seed", 0), "[cv] seed", source),
         test_predictions=_choice(cv_table.get("test_predictions", "refit"), TEST_PREDICTIONS,
                                  "[cv] test_predictions", source),
+        exclude_ids=_exclude_ids(cv_table, source),
     )
     if cv.folds < 2:
         raise HarnessError(f"{_where(source)}: [cv] folds must be at least 2, got {cv.folds}")

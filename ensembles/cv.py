@@ -30,6 +30,8 @@ EPS = 1e-15
 # separable training sets) they cannot tell 1e-4 from 1e-9, but one confident mistake on
 # the test set costs -log(e) per row, 9.2 at 1e-4 against 20.7 at 1e-9.
 CLIP_GRID = np.geomspace(1e-4, 0.2, 200)
+# Imagined confident mistakes behind "auto" clip bounds (choose_clip's label-noise prior).
+DEFAULT_CLIP_PRIOR = 0.0
 
 
 def make_folds(ids: np.ndarray, labels: np.ndarray, n_folds: int, seed: int, *,
@@ -56,12 +58,17 @@ def make_folds(ids: np.ndarray, labels: np.ndarray, n_folds: int, seed: int, *,
     return folds
 
 
-def log_loss(labels: np.ndarray, proba: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (natural log), Kaggle-style:
+def row_log_loss(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Each row's negative log-likelihood of its true class (natural log), Kaggle-style:
     rows renormalised and probabilities clipped at 1e-15."""
     proba = np.clip(proba, EPS, 1 - EPS)
     proba = proba / proba.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(proba[np.arange(len(labels)), labels])))
+    return -np.log(proba[np.arange(len(labels)), labels])
+
+
+def log_loss(labels: np.ndarray, proba: np.ndarray) -> float:
+    """Mean of `row_log_loss`: the competition's log loss."""
+    return float(np.mean(row_log_loss(labels, proba)))
 
 
 def accuracy(labels: np.ndarray, proba: np.ndarray) -> float:
@@ -74,9 +81,17 @@ def apply_clip(proba: np.ndarray, clip: tuple[float, float] | None) -> np.ndarra
     return proba if clip is None else np.clip(proba, clip[0], clip[1])
 
 
-def choose_clip(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
-    """The symmetric bounds [e, 1 - e] minimising out-of-fold log loss over CLIP_GRID."""
-    losses = [log_loss(labels, apply_clip(proba, (e, 1 - e))) for e in CLIP_GRID]
+def choose_clip(labels: np.ndarray, proba: np.ndarray,
+                pseudo_mistakes: float = 0.0) -> tuple[float, float]:
+    """The symmetric bounds [e, 1 - e] minimising out-of-fold log loss over CLIP_GRID.
+
+    `pseudo_mistakes` adds that many imagined rows the model gets confidently wrong (each
+    costs -log e): a label-noise prior. A training set with no confident mistake does not
+    mean the test set has none, and without the prior the bounds go to the grid's floor.
+    """
+    n = len(labels)
+    losses = [(n * log_loss(labels, apply_clip(proba, (e, 1 - e)))
+               - pseudo_mistakes * np.log(e)) / (n + pseudo_mistakes) for e in CLIP_GRID]
     best = float(CLIP_GRID[int(np.argmin(losses))])
     return (best, 1.0 - best)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,8 @@ KERAS2_LEARNING_RATES = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01, "rmsprop":
                          "adagrad": 0.01, "nadam": 0.002}
 # Parameters the run stage consumes itself (not the head); allowed in every ensemble table.
 RUN_PARAMS = {"clip": "clip bounds: \"auto\", \"none\" or [low, high]",
+              "clip_prior": "imagined confident mistakes behind \"auto\" clip bounds",
+              "calibrate": "\"none\" or \"temperature\" (fitted out of fold)",
               "preset": "a built-in ensemble whose parameters this table extends"}
 
 
@@ -111,29 +112,97 @@ def _chunked(X: np.ndarray, predict) -> np.ndarray:
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float64)
 
 
+SCALES = ("none", "standard", "l2")
+C_RULES = ("best", "one_se")
+
+
+def l2_rows(X: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (in place when X is writeable float32)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)).astype(np.float32)
+    X /= np.maximum(norms, np.float32(1e-30))[:, None]
+    return X
+
+
+def choose_C(X: np.ndarray, codes: np.ndarray, grid: list[float], *, folds: int,
+             repeats: int, rule: str, max_iter: int, tol: float,
+             seed: int) -> tuple[float, dict]:
+    """C from `grid` by (repeated) stratified inner cross-validation on these rows only.
+
+    "best" takes the lowest mean log loss; "one_se" the smallest C (strongest
+    regularisation) whose mean is within one standard error of the best's: when scores
+    are within noise, the smoother model generalises better to unseen photos.
+
+    Returns:
+        (chosen C, {"C_grid", "C_loss", "C_se"} for the report).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    grid = sorted(grid)
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    losses = np.zeros((folds * repeats, len(grid)))
+    for f, (train, held) in enumerate(splitter.split(X, codes)):
+        # Warm start along the grid, weakest penalty last: each fit starts from the last.
+        model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+        for c, C in enumerate(grid):
+            model.set_params(C=C)
+            model.fit(X[train], codes[train])
+            proba = np.clip(model.predict_proba(X[held]), 1e-15, 1.0)
+            losses[f, c] = -np.mean(np.log(proba[np.arange(len(held)), codes[held]]))
+    mean = losses.mean(axis=0)
+    se = losses.std(axis=0, ddof=1) / np.sqrt(len(losses))
+    best = int(np.argmin(mean))
+    pick = best
+    if rule == "one_se":
+        pick = int(np.flatnonzero(mean <= mean[best] + se[best])[0])
+    return grid[pick], {"C_grid": grid, "C_loss": mean.tolist(), "C_se": se.tolist()}
+
+
 class LogisticHead(ClassifierMixin, BaseEstimator):
     """Multinomial (or binary) logistic regression on float32 features.
 
     Args:
-        C: Inverse L2 strength; a list of values chooses one by an inner 3-fold CV on the
-            training rows only (LogisticRegressionCV, scored by log loss).
-        standardize: Scale each column to zero mean and unit variance first (statistics
-            from the training rows; stored as `mean_` and `scale_`).
+        C: Inverse L2 strength; a list of values chooses one by an inner stratified CV on
+            the training rows only (`inner_folds` x `inner_repeats`, scored by log loss,
+            picked by `C_rule`).
+        scale: "none" (raw features), "standard" (each column to zero mean and unit
+            variance, statistics from the training rows, stored as `mean_`, `scale_`) or
+            "l2" (each row to unit length).
+        C_rule: "one_se" (the smallest C within one standard error of the best) or "best".
+        inner_folds, inner_repeats: The inner CV that chooses C from a grid.
         max_iter, tol: L-BFGS limits.
-        copy: False lets `fit` standardise `X` in place (the caller's array changes), so
-            a refit on a matrix used for nothing else needs no copy. With `rows=` the fold's
-            rows are copied once anyway and standardised in place whatever `copy` says.
+        copy: False lets `fit` scale `X` in place (the caller's array changes), so a refit
+            on a matrix used for nothing else needs no copy. With `rows=` the fold's rows
+            are copied once anyway and scaled in place whatever `copy` says.
         seed: Seed of the inner CV folds for a C grid.
+
+    The defaults were chosen by bench/quality.py on genuine photos (see the README).
     """
 
-    def __init__(self, C: float | list[float] = 1.0, standardize: bool = True,
+    def __init__(self, C: float | list[float] = 1.0, scale: str = "none",
+                 C_rule: str = "one_se", inner_folds: int = 5, inner_repeats: int = 1,
                  max_iter: int = 1000, tol: float = 1e-4, copy: bool = True, seed: int = 0):
         self.C = C
-        self.standardize = standardize
+        self.scale = scale
+        self.C_rule = C_rule
+        self.inner_folds = inner_folds
+        self.inner_repeats = inner_repeats
         self.max_iter = max_iter
         self.tol = tol
         self.copy = copy
         self.seed = seed
+
+    def _scaled(self, X: np.ndarray, *, own: bool) -> np.ndarray:
+        """X scaled as fitted; `own` means X may be changed in place."""
+        if self.scale == "none":
+            return X
+        if not own:
+            X = X.copy()
+        if self.scale == "standard":
+            X -= self.mean_
+            X /= self.scale_
+            return X
+        return l2_rows(X)
 
     def fit(self, X: Any, y: Any, rows: Any = None) -> LogisticHead:
         """Fit on `X` (n, d) and labels `y` (n,); returns self.
@@ -141,11 +210,15 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         Args:
             rows: Optional row indices: fit on `X[rows]` with `y` aligned to `rows`, the
                 same as `fit(X[rows], y)`. scikit-learn needs the rows as one matrix, so
-                this makes the one copy and standardises it in place (never a second).
-        """
-        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-        from sklearn.model_selection import StratifiedKFold
+                this makes the one copy and scales it in place (never a second).
 
+        Raises:
+            ValueError: a bad parameter (checked here too, scikit-learn style), bad X or y.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        check_params("logreg", self.get_params(), where=type(self).__name__,
+                     error=ValueError)
         X = _check_X(self, X, fitted=False)
         rows = _check_rows(X, rows)
         fresh = rows is not None  # X[rows] is our own copy: safe to change in place
@@ -153,33 +226,25 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
             X = X[rows]
         codes = _encode(self, y, len(X))
         self.n_features_in_ = X.shape[1]
-        if self.standardize:
+        if self.scale == "standard":
             self.mean_, self.scale_ = column_stats(X)
-            if not fresh and (self.copy or not X.flags.writeable):
-                X = X.copy()
-            X -= self.mean_
-            X /= self.scale_
+        X = self._scaled(X, own=fresh or (not self.copy and X.flags.writeable))
         grid = [float(c) for c in self.C] if isinstance(self.C, (list, tuple)) else None
-        inner_folds = min(3, int(np.bincount(codes).min()))
-        if grid and inner_folds < 2:
+        inner_folds = min(self.inner_folds, int(np.bincount(codes).min()))
+        self.C_search_ = {}
+        if grid and len(grid) > 1 and inner_folds < 2:
             # Too few rows of some class to choose C by cross-validation: take the middle.
             logger.warning("too few rows per class to choose C from %s; using C=%g",
                            grid, sorted(grid)[len(grid) // 2])
             grid = [sorted(grid)[len(grid) // 2]]
         if grid and len(grid) > 1:
-            folds = StratifiedKFold(inner_folds, shuffle=True, random_state=self.seed)
-            model = LogisticRegressionCV(Cs=grid, cv=folds, scoring="neg_log_loss",
-                                         max_iter=self.max_iter, tol=self.tol)
-            with warnings.catch_warnings():
-                # scikit-learn 1.9 announces attribute changes of LogisticRegressionCV;
-                # only C_ is read here, which stays.
-                warnings.simplefilter("ignore", FutureWarning)
-                model.fit(X, codes)
-            self.C_ = float(np.ravel(model.C_)[0])
+            self.C_, self.C_search_ = choose_C(
+                X, codes, grid, folds=inner_folds, repeats=int(self.inner_repeats),
+                rule=self.C_rule, max_iter=self.max_iter, tol=self.tol, seed=self.seed)
         else:
             self.C_ = grid[0] if grid else float(self.C)
-            model = LogisticRegression(C=self.C_, max_iter=self.max_iter, tol=self.tol)
-            model.fit(X, codes)
+        model = LogisticRegression(C=self.C_, max_iter=self.max_iter, tol=self.tol)
+        model.fit(X, codes)
         self.model_ = model
         self.n_iter_ = int(np.max(model.n_iter_))
         return self
@@ -189,8 +254,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         X = _check_X(self, X, fitted=True)
 
         def predict(block: np.ndarray) -> np.ndarray:
-            if self.standardize:
-                block = (block - self.mean_) / self.scale_
+            block = self._scaled(block, own=False)
             return self.model_.predict_proba(block).astype(np.float64)
 
         return _chunked(X, predict)
@@ -280,6 +344,8 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         """
         import keras
 
+        check_params("dropout", self.get_params(), where=type(self).__name__,
+                     error=ValueError)
         X = _check_X(self, X, fitted=False)
         index = _check_rows(X, rows)
         index = np.arange(len(X)) if index is None else index
@@ -434,12 +500,16 @@ def _positive_int(value: Any) -> bool:
 
 CHECKS: dict[str, dict[str, tuple]] = {
     "logreg": {
-        "C": (lambda v: _positive_number(v) or (isinstance(v, list) and v
+        "C": (lambda v: _positive_number(v) or (isinstance(v, (list, tuple)) and len(v) > 0
                                                 and all(_positive_number(c) for c in v)),
               "a positive number or a non-empty list of them"),
-        "standardize": (lambda v: isinstance(v, bool), "true or false"),
+        "scale": (lambda v: v in SCALES, "one of " + ", ".join(SCALES)),
+        "C_rule": (lambda v: v in C_RULES, "one of " + ", ".join(C_RULES)),
+        "inner_folds": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
+        "inner_repeats": (_positive_int, "a positive integer"),
         "max_iter": (_positive_int, "a positive integer"),
         "tol": (_positive_number, "a positive number"),
+        "copy": (lambda v: isinstance(v, bool), "true or false"),
         "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     },
     "dropout": {
@@ -448,7 +518,7 @@ CHECKS: dict[str, dict[str, tuple]] = {
         "epochs": (_positive_int, "a positive integer"),
         "optimizer": (lambda v: v in KERAS2_LEARNING_RATES,
                       "one of " + ", ".join(KERAS2_LEARNING_RATES)),
-        "learning_rate": (_positive_number, "a positive number"),
+        "learning_rate": (lambda v: v is None or _positive_number(v), "a positive number"),
         "batch_size": (_positive_int, "a positive integer"),
         "validation_split": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                              and 0 <= v < 1, "a number in [0, 1)"),
@@ -459,6 +529,21 @@ CHECKS: dict[str, dict[str, tuple]] = {
     },
 }
 HEAD_CLASSES = {"logreg": LogisticHead, "dropout": DropoutHead}
+
+
+def check_params(head: str, params: dict[str, Any], *, where: str,
+                 error: type[Exception] = HarnessError) -> None:
+    """Raise `error` naming `where` for a parameter of `head` with a bad value.
+
+    Used by `head_params` (config load, HarnessError) and by the heads' own `fit`
+    (ValueError, as scikit-learn estimators do), so both check the same rules.
+    """
+    checks = CHECKS[head]
+    for key, value in params.items():
+        if key in checks:
+            test, expected = checks[key]
+            if not test(value):
+                raise error(f"{where}: {key} = {value!r} must be {expected}")
 
 
 def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str, Any]:
@@ -473,17 +558,12 @@ def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str
                            f"{', '.join(CHECKS)}")
     checks = CHECKS[head]
     known = sorted(set(checks) | set(RUN_PARAMS))
-    own = {}
-    for key, value in params.items():
-        if key in RUN_PARAMS:
-            continue
+    own = {key: value for key, value in params.items() if key not in RUN_PARAMS}
+    for key in own:
         if key not in checks:
             raise HarnessError(f"ensemble {ensemble!r}: unknown parameter {key!r} for head "
                                f"{head!r}; known: {', '.join(known)}")
-        test, expected = checks[key]
-        if not test(value):
-            raise HarnessError(f"ensemble {ensemble!r}: {key} = {value!r} must be {expected}")
-        own[key] = value
+    check_params(head, own, where=f"ensemble {ensemble!r}")
     if head == "dropout" and own.get("early_stopping") and not own.get("validation_split"):
         raise HarnessError(f"ensemble {ensemble!r}: early_stopping needs a validation_split "
                            "(e.g. 0.1) to watch; set one or early_stopping = 0")

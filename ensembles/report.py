@@ -11,21 +11,31 @@ import numpy as np
 import pandas as pd
 
 from competition.atomic import atomic_path
+from ensembles.contact_sheet import write_contact_sheet
 from ensembles.results import EnsembleResult
+from ensembles.select import uncertainties
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["name", "kind", "backbones", "head", "cv_log_loss", "cv_log_loss_std",
-           "cv_log_loss_clipped", "cv_accuracy", "clip", "fit_seconds", "reused"]
+           "cv_log_loss_clipped", "cv_se", "vs_best", "vs_best_se", "within_noise",
+           "cv_accuracy", "clip", "fit_seconds", "reused"]
+# How many decimals each float column prints with (the rest: 4).
+DECIMALS = {"fit_seconds": 1}
 
 
 def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
     """One row per result, best CV score first (clipped log loss ascending, or accuracy
-    descending for accuracy competitions)."""
+    descending for accuracy competitions), with each score's uncertainty: fold standard
+    deviation, standard error, the paired difference to the best and its standard error,
+    and `within_noise` where that difference is within one standard error."""
+    noise = uncertainties(results)
     rows = [{
         "name": r.name, "kind": r.kind, "backbones": "+".join(r.backbones), "head": r.head,
         "cv_log_loss": r.cv_log_loss, "cv_log_loss_std": r.cv_log_loss_std,
-        "cv_log_loss_clipped": r.cv_log_loss_clipped, "cv_accuracy": r.cv_accuracy,
+        "cv_log_loss_clipped": r.cv_log_loss_clipped, "cv_se": noise[r.name].se,
+        "vs_best": noise[r.name].vs_best, "vs_best_se": noise[r.name].vs_best_se,
+        "within_noise": noise[r.name].within_noise, "cv_accuracy": r.cv_accuracy,
         "clip": "none" if r.clip is None else f"[{r.clip[0]:.6g}, {r.clip[1]:.6g}]",
         "fit_seconds": round(r.fit_seconds, 1), "reused": r.reused,
     } for r in results]
@@ -38,14 +48,16 @@ def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame) -> str:
     """A Markdown table (what the CLI prints and report.md holds)."""
-    def cell(value: object) -> str:
+    def cell(column: str, value: object) -> str:
+        if isinstance(value, (bool, np.bool_)):
+            return "yes" if value else ""
         if isinstance(value, float):
-            return f"{value:.4f}"
+            return f"{value:.{DECIMALS.get(column, 4)}f}"
         return str(value)
 
     lines = ["| " + " | ".join(table.columns) + " |",
              "|" + "|".join("---" for _ in table.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(table.columns, row)) + " |"
               for row in table.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -131,8 +143,11 @@ def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path
     return path
 
 
-def write_report(results: Sequence[EnsembleResult], ensembles_dir: Path) -> dict[str, Path]:
-    """Write report.csv, report.md and plots/<name>-{reliability,history}.png.
+def write_report(results: Sequence[EnsembleResult], ensembles_dir: Path,
+                 image_paths: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Write report.csv, report.md, plots/<name>-{reliability,history}.png and, when the
+    training photos are at hand (`image_paths`: id -> file), plots/costliest-<best>.png,
+    the contact sheet of the best result's costliest out-of-fold photos.
 
     Returns:
         {"csv": path, "markdown": path, "<name>-reliability": path, ...}.
@@ -155,5 +170,10 @@ def write_report(results: Sequence[EnsembleResult], ensembles_dir: Path) -> dict
         history = plot_history(result, plots / f"{base}-history.png")
         if history:
             paths[f"{result.name}-history"] = history
+    if image_paths and results:
+        best = next(r for r in results if r.name == table["name"].iloc[0])
+        sheet = write_contact_sheet(best, image_paths, plots / f"costliest-{_safe(best.name)}.png")
+        if sheet:
+            paths["contact_sheet"] = sheet
     logger.info("report written to %s and %s (%d plots)", csv_path, md_path, len(paths) - 2)
     return paths

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,10 @@ from tqdm import tqdm
 
 from competition.config import BlendConfig, Config, EnsembleConfig, parse_clip
 from competition.errors import HarnessError
+from competition.images import list_train_images
 from ensembles import cv
 from ensembles.blend import blend, check_blend_params
+from ensembles.calibrate import CALIBRATIONS, calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.heads import head_params, make_head
 from ensembles.presets import default_ensembles, resolve_preset
@@ -39,7 +42,9 @@ from features.backbones import get_backbone
 logger = logging.getLogger(__name__)
 
 # Bump when a change in this stage changes predictions, so old results are not reused.
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2
+# Out-of-fold temperature scaling for every ensemble unless its table says otherwise.
+DEFAULT_CALIBRATION = "none"
 
 
 def _clip_policy(config: Config, params: dict[str, Any], name: str) -> str | tuple:
@@ -47,12 +52,29 @@ def _clip_policy(config: Config, params: dict[str, Any], name: str) -> str | tup
     return parse_clip(params.get("clip", config.submission.clip), f"ensemble {name!r}")
 
 
+def _clip_prior(params: dict[str, Any], name: str) -> float:
+    """The label-noise prior behind "auto" clip bounds (see cv.choose_clip)."""
+    value = params.get("clip_prior", cv.DEFAULT_CLIP_PRIOR)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise HarnessError(f"{name}: clip_prior = {value!r} must be a number >= 0 "
+                           "(imagined confident mistakes; 0 = none)")
+    return float(value)
+
+
+def _calibration(params: dict[str, Any], name: str) -> str:
+    value = params.get("calibrate", DEFAULT_CALIBRATION)
+    if value not in CALIBRATIONS:
+        raise HarnessError(f"{name}: calibrate = {value!r} must be one of "
+                           f"{', '.join(CALIBRATIONS)}")
+    return value
+
+
 def _clip_for(config: Config, policy: str | tuple, labels: np.ndarray,
-              oof: np.ndarray) -> tuple[float, float] | None:
+              oof: np.ndarray, prior: float) -> tuple[float, float] | None:
     if config.spec.metric == "accuracy" or policy == "none":
         return None
     if policy == "auto":
-        return cv.choose_clip(labels, oof)
+        return cv.choose_clip(labels, oof, prior)
     return policy
 
 
@@ -78,11 +100,28 @@ def _prior_for_failed(failed: np.ndarray, proba: np.ndarray, labels: np.ndarray,
     return proba
 
 
+def _without_excluded(train: FeatureMatrix, exclude: tuple[str, ...],
+                      name: str) -> FeatureMatrix:
+    """The training rows minus [cv] exclude_ids; an id that is not a training id fails."""
+    if not exclude:
+        return train
+    unknown = sorted(set(exclude) - set(train.ids))
+    if unknown:
+        raise HarnessError(f"[cv] exclude_ids: {len(unknown)} id(s) are not training ids of "
+                           f"ensemble {name!r} (e.g. {unknown[:3]}); use ids as the CSV and "
+                           "the contact sheet show them")
+    keep = ~np.isin(train.ids, np.asarray(exclude, dtype=object))
+    logger.info("%s: %d training photos left out ([cv] exclude_ids)", name, int((~keep).sum()))
+    return dataclasses.replace(train, ids=train.ids[keep], X=train.X[keep],
+                               labels=train.labels[keep], failed=train.failed[keep])
+
+
 def _fit_ensemble(config: Config, ens: EnsembleConfig, policy: str | tuple, key: str,
                   progress: bool) -> EnsembleResult:
     start = time.perf_counter()
     features_dir = config.workspace.features_dir
     train = load_matrix(features_dir, ens.backbones, ens.tta, "train", ensemble=ens.name)
+    train = _without_excluded(train, config.cv.exclude_ids, ens.name)
     _check_classes(train, ens.name)
     k = len(train.classes)
     folds = cv.make_folds(train.ids, train.labels, config.cv.folds, config.cv.seed,
@@ -104,21 +143,26 @@ def _fit_ensemble(config: Config, ens: EnsembleConfig, policy: str | tuple, key:
         train.X = None  # free the training matrix before the test one is read
         test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name)
         test_proba = model.predict_proba(test.X)
+    oof, test_proba, calibrated = calibrate(_calibration(ens.params, ens.name), out.oof,
+                                            test_proba, train.labels, folds)
     test_proba = _prior_for_failed(test.failed, test_proba, train.labels, k, ens.name)
-    clip = _clip_for(config, policy, train.labels, out.oof)
-    raw = cv.log_loss(train.labels, out.oof)
+    clip = _clip_for(config, policy, train.labels, oof, _clip_prior(ens.params, ens.name))
+    fold_ll = [cv.log_loss(train.labels[folds == f], oof[folds == f])
+               for f in range(config.cv.folds)]
+    fitted = {"C_chosen": getattr(model, "C_", None)} if not fold_mean else {}
     return EnsembleResult(
         name=ens.name, kind="ensemble", backbones=tuple(ens.backbones), head=ens.head,
-        metric=config.spec.metric, cv_log_loss=raw,
-        cv_log_loss_std=float(np.std(out.fold_log_loss)),
-        cv_log_loss_clipped=cv.log_loss(train.labels, cv.apply_clip(out.oof, clip)),
-        cv_accuracy=cv.accuracy(train.labels, out.oof),
+        metric=config.spec.metric, cv_log_loss=cv.log_loss(train.labels, oof),
+        cv_log_loss_std=float(np.std(fold_ll)),
+        cv_log_loss_clipped=cv.log_loss(train.labels, cv.apply_clip(oof, clip)),
+        cv_accuracy=cv.accuracy(train.labels, oof),
         cv_accuracy_std=float(np.std(out.fold_accuracy)),
         clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
-        classes=tuple(train.classes), oof_ids=train.ids, oof_proba=out.oof,
+        classes=tuple(train.classes), oof_ids=train.ids, oof_proba=oof,
         oof_labels=train.labels, folds=folds, test_ids=test.ids, test_proba=test_proba,
         test_failed=test.failed,
-        params={**ens.params, "tta": ens.tta, "fold_log_loss": out.fold_log_loss},
+        params={**ens.params, "tta": ens.tta, "fold_log_loss": fold_ll, **calibrated,
+                **{k: v for k, v in fitted.items() if v is not None}},
         histories=[h for h in out.histories if h], key=key,
     )
 
@@ -160,7 +204,7 @@ def _fit_blend(config: Config, spec: BlendConfig, members: list[EnsembleResult],
     test = _prior_for_failed(failed, test, labels, len(first.classes), spec.name)
     fold_ll = [cv.log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
     fold_acc = [cv.accuracy(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
-    clip = _clip_for(config, policy, labels, oof)
+    clip = _clip_for(config, policy, labels, oof, _clip_prior(spec.params, spec.name))
     backbones = tuple(dict.fromkeys(b for m in members for b in m.backbones))
     return EnsembleResult(
         name=spec.name, kind="blend", backbones=backbones, head=f"blend:{spec.method}",
@@ -171,7 +215,8 @@ def _fit_blend(config: Config, spec: BlendConfig, members: list[EnsembleResult],
         clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
         classes=first.classes, oof_ids=first.oof_ids, oof_proba=oof, oof_labels=labels,
         folds=folds, test_ids=first.test_ids, test_proba=test, test_failed=failed,
-        params={**spec.params, "members": list(spec.members), **info}, key=key,
+        params={**spec.params, "members": list(spec.members), **info,
+                "fold_log_loss": fold_ll}, key=key,
     )
 
 
@@ -225,6 +270,16 @@ def _closure(names: Sequence[str], ensembles: dict, blends: dict) -> tuple[list,
             raise HarnessError(f"unknown ensemble or blend {name!r}; known: "
                                f"{', '.join(known) or 'none'}")
     return [n for n in ensembles if n in want_e], [n for n in blends if n in want_b]
+
+
+def _train_image_paths(config: Config) -> dict[str, Path]:
+    """Training id -> photo, for the contact sheet; {} when the photos are not at hand."""
+    try:
+        train = list_train_images(config.spec, config.data_dir)
+    except HarnessError as exc:
+        logger.info("no contact sheet: %s", exc)
+        return {}
+    return dict(zip(train.ids, train.paths))
 
 
 def configured_ensembles(config: Config) -> dict[str, EnsembleConfig]:
@@ -294,19 +349,25 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
     policies: dict[str, Any] = {}
     folds_id = {"folds": config.cv.folds, "seed": config.cv.seed,
                 "test_predictions": config.cv.test_predictions}
+    if config.cv.exclude_ids:
+        folds_id["exclude_ids"] = list(config.cv.exclude_ids)
     for name in run_e:
         ens = ensembles[name]
         own = head_params(ens.head, ens.params, ensemble=name)
         policies[name] = _clip_policy(config, ens.params, name)
+        run_options = {"clip_prior": _clip_prior(ens.params, f"ensemble {name!r}"),
+                       "calibrate": _calibration(ens.params, f"ensemble {name!r}")}
         identity = feature_identity(config.workspace.features_dir, ens.backbones, ens.tta,
                                     ensemble=name)
         keys[name] = digest({"v": ALGORITHM_VERSION, "features": identity, "head": ens.head,
                              "params": own, "tta": ens.tta, "cv": folds_id,
-                             "clip": policies[name], "metric": config.spec.metric})
+                             "clip": policies[name], "metric": config.spec.metric,
+                             **run_options})
     for name in run_b:
         spec = blends[name]
         check_blend_params(name, spec.method, spec.params)
         policies[name] = _clip_policy(config, spec.params, name)
+        _clip_prior(spec.params, f"blend {name!r}")
         keys[name] = digest({"v": ALGORITHM_VERSION, "method": spec.method,
                              "params": spec.params, "members": [keys[m] for m in spec.members],
                              "clip": policies[name], "metric": config.spec.metric})
@@ -335,6 +396,6 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
         # A partial run must not replace the full comparison with a few rows.
         logger.info("report.csv/md not rewritten: only %s ran", ", ".join(results))
     else:
-        write_report(ordered, out_dir)
+        write_report(ordered, out_dir, image_paths=_train_image_paths(config))
     by_name = {r.name: r for r in ordered}
     return [by_name[n] for n in table["name"]]

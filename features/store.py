@@ -94,3 +94,34 @@ def load_split(path: Path, split: str) -> FeatureSplit:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     classes = tuple(json.loads(attrs.get("classes", "[]")))
     return FeatureSplit(ids, features, labels, failed, classes, attrs)
+
+
+def write_feature_file(path: Path, attrs: dict, *, train: FeatureSplit, test: FeatureSplit,
+                       train_skipped: list[tuple[str, str]] = (),
+                       test_failed_reasons: dict[str, str] | None = None) -> Path:
+    """Write a complete feature file from in-memory splits, in the layout above.
+
+    For files made from others' rows (bench/quality.py's fitting/held-out splits, test
+    fixtures); extraction writes its files batch by batch (features.parts).
+    `attrs` are the root attributes; `complete` is set True. A test row's failure reason
+    comes from `test_failed_reasons` (default "failed").
+    """
+    reasons = test_failed_reasons or {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        group = f.create_group("train")
+        group.create_dataset("features", data=np.asarray(train.features, dtype=np.float32))
+        group.create_dataset("ids", data=np.asarray(train.ids, dtype=object), dtype=STRING)
+        group.create_dataset("labels", data=np.asarray(train.labels, dtype=np.int64))
+        group.create_dataset("skipped", data=np.asarray(list(train_skipped), dtype=object)
+                             .reshape(-1, 2), dtype=STRING)
+        group = f.create_group("test")
+        group.create_dataset("features", data=np.asarray(test.features, dtype=np.float32))
+        group.create_dataset("ids", data=np.asarray(test.ids, dtype=object), dtype=STRING)
+        failed = [(key, reasons.get(key, "failed"))
+                  for key, bad in zip(test.ids, test.failed) if bad]
+        group.create_dataset("failed", data=np.asarray(failed, dtype=object).reshape(-1, 2),
+                             dtype=STRING)
+        f.attrs.update({**attrs, "complete": True})
+    return path

@@ -11,9 +11,8 @@ import h5py
 import numpy as np
 
 from competition.config import Config, load_config
-from features.store import feature_path
-
-STRING = h5py.string_dtype()
+from features.store import FeatureSplit, feature_path
+from features.store import write_feature_file as write_store_file
 
 
 def write_feature_file(path: Path, *, backbone: str, classes: list[str], train_ids: list[str],
@@ -21,24 +20,22 @@ def write_feature_file(path: Path, *, backbone: str, classes: list[str], train_i
                        test_X: np.ndarray, failed_test: dict[str, str] | None = None,
                        fingerprint: str = "fp-1", weights: str = "synthetic",
                        tta: str = "none", complete: bool = True) -> Path:
-    """One feature file exactly as features.extract lays it out."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        train = f.create_group("train")
-        train.create_dataset("features", data=train_X.astype(np.float32))
-        train.create_dataset("ids", data=np.asarray(train_ids, dtype=object), dtype=STRING)
-        train.create_dataset("labels", data=np.asarray(train_labels, dtype=np.int64))
-        train.create_dataset("skipped", shape=(0, 2), dtype=STRING)
-        test = f.create_group("test")
-        test.create_dataset("features", data=test_X.astype(np.float32))
-        test.create_dataset("ids", data=np.asarray(test_ids, dtype=object), dtype=STRING)
-        failed = sorted((failed_test or {}).items())
-        test.create_dataset("failed", data=np.asarray(failed, dtype=object).reshape(-1, 2),
-                            dtype=STRING)
-        f.attrs.update({"backbone": backbone, "input_size": 32,
-                        "feature_dim": int(train_X.shape[1]), "weights": weights, "tta": tta,
-                        "preprocessing": "synthetic", "classes": json.dumps(classes),
-                        "fingerprint": fingerprint, "complete": complete})
+    """One feature file in the store's layout, through the store's own writer."""
+    failed = set(failed_test or {})
+    train = FeatureSplit(np.asarray(train_ids, dtype=object), train_X,
+                         np.asarray(train_labels), np.zeros(len(train_ids), bool),
+                         tuple(classes), {})
+    test = FeatureSplit(np.asarray(test_ids, dtype=object), test_X, None,
+                        np.array([key in failed for key in test_ids], dtype=bool),
+                        tuple(classes), {})
+    write_store_file(path, {"backbone": backbone, "input_size": 32,
+                            "feature_dim": int(train_X.shape[1]), "weights": weights,
+                            "tta": tta, "preprocessing": "synthetic",
+                            "classes": json.dumps(classes), "fingerprint": fingerprint},
+                     train=train, test=test, test_failed_reasons=failed_test)
+    if not complete:
+        with h5py.File(path, "r+") as f:
+            f.attrs["complete"] = False
     return path
 
 

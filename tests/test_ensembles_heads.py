@@ -43,13 +43,13 @@ def test_feature_count_error_names_the_counts():
 def test_logistic_copy_false_standardises_in_place_and_copy_true_does_not():
     X, y = blobs()
     kept = X.copy()
-    LogisticHead().fit(X, y)
+    LogisticHead(scale="standard").fit(X, y)
     np.testing.assert_array_equal(X, kept)
-    LogisticHead(copy=False).fit(X, y)
+    LogisticHead(scale="standard", copy=False).fit(X, y)
     np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-4)
     # both standardise the same way, so they predict the same
-    a = LogisticHead().fit(kept, y).predict_proba(kept)
-    b = clone(LogisticHead()).fit(kept.copy(), y).predict_proba(kept)
+    a = LogisticHead(scale="standard").fit(kept, y).predict_proba(kept)
+    b = clone(LogisticHead(scale="standard")).fit(kept.copy(), y).predict_proba(kept)
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -114,9 +114,9 @@ def test_logistic_fit_on_rows_equals_fit_on_copied_rows_and_leaves_x_alone():
     X, y = blobs(n=160, d=10)
     rows = np.random.default_rng(1).permutation(160)[:110]  # unsorted, like any caller's
     kept = X.copy()
-    by_rows = LogisticHead(copy=False).fit(X, y[rows], rows=rows)
+    by_rows = LogisticHead(scale="standard", copy=False).fit(X, y[rows], rows=rows)
     np.testing.assert_array_equal(X, kept)  # the head standardised its own copy only
-    copied = LogisticHead().fit(X[rows], y[rows])
+    copied = LogisticHead(scale="standard").fit(X[rows], y[rows])
     np.testing.assert_allclose(by_rows.mean_, copied.mean_, rtol=1e-6)
     np.testing.assert_allclose(by_rows.predict_proba(X), copied.predict_proba(X), atol=1e-6)
     with pytest.raises(ValueError, match="rows index 160 rows of X but range from 0 to 160"):

@@ -30,7 +30,7 @@ clip = [0.2, 0.8]
 [ensembles.b-lr]
 backbones = ["b"]
 head = "logreg"
-standardize = false
+scale = "standard"
 [blends.mean-all]
 members = ["a-lr", "ab-lr", "b-lr"]
 [blends.w]
@@ -256,7 +256,7 @@ BAD = [
     ("[blends.p]\nmembers=['q']\n[blends.q]\nmembers=['p']\n", ["a"],
      r"blends form a cycle: (p -> q -> p|q -> p -> q)"),
     ("[ensembles.x]\nbackbones=['a']\nhead='logreg'\nC_grid=[1]\n", ["a"],
-     r"ensemble 'x': unknown parameter 'C_grid' for head 'logreg'; known: C, clip"),
+     r"ensemble 'x': unknown parameter 'C_grid' for head 'logreg'; known: C, C_rule, calibrate, clip"),
     ("[ensembles.x]\nbackbones=['a']\nhead='logreg'\npreset='seed999'\n", ["a"],
      r"ensemble 'x': unknown preset 'seed999'; known: seed004"),
     ("[ensembles.x]\nbackbones=['a']\nhead='logreg'\nclip=[0.9, 0.1]\n", ["a"],

@@ -1,0 +1,203 @@
+"""The honest yardstick: how the harness's chosen submission does on photos it never saw.
+
+Cross-validated scores on a small, clean training set reward overconfident models that a
+Kaggle test set punishes. This bench holds photos out instead. For each of --splits seeded
+stratified splits of a competition's *labelled training* photos into a fitting part
+(--fit-share, 60%) and a held-out part (40%):
+
+  1. the cached feature files are cut into a scratch workspace whose train split is the
+     fitting part and whose test split is the held-out part (labels kept aside);
+  2. the harness's whole selection runs there exactly as `make submit` runs it:
+     `ensembles.run.run_ensembles` (every configured ensemble and blend, their CV, C and
+     clip choices) and `ensembles.select.choose_submission` (the pick);
+  3. the held-out part scores every result's submitted (clipped) test predictions, the
+     chosen one under every selection rule, and a fixed baseline: scikit-learn's
+     `LogisticRegression()` with its defaults on the raw concatenated features of the
+     config's backbones, no clipping.
+
+Printed, in one run: mean held-out log loss and standard error (over splits) of each,
+the paired difference chosen - baseline, each result's mean CV estimate and |CV - held-out|
+gap, and the Spearman correlation of the CV ranking with the held-out ranking.
+It reuses the cached feature files; nothing is extracted.
+
+    python bench/quality.py --config bench/dogs-vs-cats-mini.toml      # genuine photos
+    python bench/quality.py --config harness.toml --splits 3           # the demo, quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from competition.config import Config, load_config
+from competition.workspace import Workspace
+from ensembles import cv
+from ensembles.run import configured_ensembles, run_ensembles
+from ensembles.select import RULES, choose_submission
+from features.store import FeatureSplit, feature_path, load_split, write_feature_file
+
+BASELINE = "baseline LogisticRegression()"
+
+
+def load_train(config: Config) -> dict[tuple[str, str], FeatureSplit]:
+    """The train split of every needed feature file, rows in the first file's id order."""
+    splits: dict[tuple[str, str], FeatureSplit] = {}
+    for backbone, tta in config.feature_sets():
+        path = feature_path(config.workspace.features_dir, backbone, tta)
+        if not path.is_file():
+            sys.exit(f"bench/quality.py: {path} is missing; run `make features "
+                     f"CONFIG={config.source}` first")
+        splits[(backbone, tta)] = load_split(path, "train")
+    first = next(iter(splits.values()))
+    for key, split in splits.items():
+        position = {k: i for i, k in enumerate(split.ids)}
+        order = np.array([position[k] for k in first.ids], dtype=np.int64)
+        splits[key] = dataclasses.replace(split, ids=split.ids[order],
+                                          features=split.features[order],
+                                          labels=split.labels[order])
+    return splits
+
+
+def rows_of(split: FeatureSplit, rows: np.ndarray, *, labelled: bool) -> FeatureSplit:
+    """The given rows of a split (as a test split, without labels, when not `labelled`)."""
+    return FeatureSplit(split.ids[rows], split.features[rows],
+                        split.labels[rows] if labelled else None,
+                        np.zeros(len(rows), dtype=bool), split.classes, {})
+
+
+def scratch_workspace(config: Config, splits: dict, fit: np.ndarray, held: np.ndarray,
+                      root: Path) -> Config:
+    """A config whose feature files hold the fitting rows as train, held-out rows as test."""
+    features_dir = Workspace(root).features_dir
+    for (backbone, tta), split in splits.items():
+        write_feature_file(feature_path(features_dir, backbone, tta), split.attrs,
+                           train=rows_of(split, fit, labelled=True),
+                           test=rows_of(split, held, labelled=False))
+    return dataclasses.replace(config, workspace=Workspace(root))
+
+
+def held_out_loss(result, labels: np.ndarray) -> float:
+    """Log loss of the result's submitted test predictions (clipped as the CSV would be)."""
+    return cv.log_loss(labels, cv.apply_clip(result.test_proba, result.clip))
+
+
+def baseline_loss(splits: dict, backbones: tuple[str, ...], fit: np.ndarray,
+                  held: np.ndarray, labels: np.ndarray) -> float:
+    """scikit-learn LogisticRegression() defaults on raw concatenated features, no clip."""
+    X = np.hstack([splits[(b, "none")].features for b in backbones])
+    model = LogisticRegression()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs may stop at max_iter=100: that is the default
+        model.fit(X[fit], labels[fit])
+    return cv.log_loss(labels[held], model.predict_proba(X[held]))
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "bench" / "dogs-vs-cats-mini.toml")
+    parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--fit-share", type=float, default=0.6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+    config = load_config(args.config)
+    splits = load_train(config)
+    first = next(iter(splits.values()))
+    labels = first.labels
+    names = list(configured_ensembles(config)) + list(config.blends)
+    print(f"bench/quality.py: {config.spec.slug}, {len(labels)} labelled training photos, "
+          f"{args.splits} splits {args.fit_share:.0%} fit / {1 - args.fit_share:.0%} held out, "
+          f"backbones {', '.join(config.features.backbones)}, {len(names)} ensembles+blends, "
+          f"[cv] folds {config.cv.folds}")
+    held_scores: dict[str, list[float]] = {}
+    cv_scores: dict[str, list[float]] = {}
+    picks: dict[str, list[str]] = {rule: [] for rule in RULES}
+    chosen_scores: dict[str, list[float]] = {rule: [] for rule in RULES}
+    base_scores: list[float] = []
+    rhos: list[float] = []
+    splitter = StratifiedShuffleSplit(n_splits=args.splits, train_size=args.fit_share,
+                                      random_state=args.seed)
+    start = time.perf_counter()
+    for number, (fit, held) in enumerate(splitter.split(np.zeros(len(labels)), labels), 1):
+        fit, held = np.sort(fit), np.sort(held)
+        with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+            scratch = scratch_workspace(config, splits, fit, held, Path(tmp))
+            results = run_ensembles(scratch, progress=False)
+        truth = labels[held]
+        by_name = {}
+        for result in results:
+            if not np.array_equal(result.test_ids, first.ids[held]):
+                position = {k: i for i, k in enumerate(result.test_ids)}
+                order = [position[k] for k in first.ids[held]]
+                result = dataclasses.replace(result, test_ids=result.test_ids[order],
+                                             test_proba=result.test_proba[order])
+            by_name[result.name] = result
+            held_scores.setdefault(result.name, []).append(held_out_loss(result, truth))
+            cv_scores.setdefault(result.name, []).append(result.cv_score)
+        for rule in RULES:
+            pick, _ = choose_submission(results, rule)
+            picks[rule].append(pick.name)
+            chosen_scores[rule].append(held_scores[pick.name][-1])
+        base_scores.append(baseline_loss(splits, config.features.backbones, fit, held,
+                                         labels))
+        run_names = [r.name for r in results]
+        rho = spearmanr([cv_scores[n][-1] for n in run_names],
+                        [held_scores[n][-1] for n in run_names]).statistic
+        rhos.append(float(rho))
+        print(f"  split {number:2d}/{args.splits}: chosen {picks[RULES[-1]][-1]} "
+              f"{chosen_scores[RULES[-1]][-1]:.4f}, baseline {base_scores[-1]:.4f}, "
+              f"Spearman {rho:.2f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    print()
+    print(f"{'result':34s} {'held-out':>9s} {'se':>7s} {'cv est.':>8s} {'|cv-held|':>9s} "
+          f"{'cv-held':>8s}")
+    order = sorted(held_scores, key=lambda n: np.mean(held_scores[n]))
+    for name in order:
+        m, se = mean_se(held_scores[name])
+        gap = np.asarray(cv_scores[name]) - np.asarray(held_scores[name])
+        print(f"{name:34s} {m:9.4f} {se:7.4f} {np.mean(cv_scores[name]):8.4f} "
+              f"{np.mean(np.abs(gap)):9.4f} {np.mean(gap):+8.4f}")
+    m, se = mean_se(base_scores)
+    print(f"{BASELINE:34s} {m:9.4f} {se:7.4f}")
+    print()
+    for rule in RULES:
+        m, se = mean_se(chosen_scores[rule])
+        diff_m, diff_se = mean_se(list(np.asarray(chosen_scores[rule]) - base_scores))
+        chosen_cv = [cv_scores[p][i] for i, p in enumerate(picks[rule])]
+        gap = np.mean(np.abs(np.asarray(chosen_cv) - chosen_scores[rule]))
+        counts = {p: picks[rule].count(p) for p in dict.fromkeys(picks[rule])}
+        print(f"chosen by {rule:24s}: held-out {m:.4f} (se {se:.4f}); vs baseline "
+              f"{diff_m:+.4f} (paired se {diff_se:.4f}), ratio {m / np.mean(base_scores):.3f}; "
+              f"|cv-held| {gap:.4f}; picks {counts}")
+    rho_m, rho_se = mean_se(rhos)
+    print(f"Spearman(CV rank, held-out rank) over ensembles+blends: mean {rho_m:.2f} "
+          f"(se {rho_se:.2f}, min {min(rhos):.2f})")
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Which result becomes the submission, and how sure the CV table is about its ranking.
+
+Out-of-fold scores on a training set of a few thousand photos are noisy: two ensembles a
+few thousandths of a nat apart usually cannot be told apart, and the lowest CV mean is
+often the most overconfident model, which a Kaggle test set punishes (bench/quality.py
+measures this). So every score comes with its uncertainty, the results within noise of
+the best are marked, and the pick is a rule the benchmark showed to generalise.
+
+The noise of a difference is measured on the rows both results predicted, paired: the
+standard error of the mean per-row loss difference. Pairing removes what both models
+share (the hard photos), so it is far tighter than comparing two fold standard deviations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ensembles.cv import row_log_loss
+from ensembles.results import EnsembleResult
+
+# How many paired standard errors from the best still count as "within noise".
+NOISE_SE = 1.0
+RULES = ("lowest-cv", "within-noise-smoothest")
+DEFAULT_RULE = "within-noise-smoothest"
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """The uncertainty of one result's CV score.
+
+    Attributes:
+        fold_std: Standard deviation of the per-fold scores.
+        se: Standard error of the CV mean (per-row losses: std / sqrt(n)).
+        vs_best: Mean per-row loss difference to the best result (0 for the best itself).
+        vs_best_se: Paired standard error of that difference.
+        within_noise: True when vs_best <= NOISE_SE * vs_best_se.
+    """
+
+    fold_std: float
+    se: float
+    vs_best: float
+    vs_best_se: float
+    within_noise: bool
+
+
+def _row_losses(result: EnsembleResult) -> np.ndarray:
+    """Per-row out-of-fold loss of the submitted probabilities (clipped as submitted)."""
+    proba = result.oof_proba
+    if result.clip is not None:
+        proba = np.clip(proba, result.clip[0], result.clip[1])
+    if result.metric == "accuracy":
+        return (np.argmax(proba, axis=1) != result.oof_labels).astype(np.float64)
+    return row_log_loss(result.oof_labels, proba)
+
+
+def _aligned_losses(results: Sequence[EnsembleResult]) -> list[np.ndarray]:
+    """Each result's per-row losses in the first result's id order."""
+    first = results[0].oof_ids
+    out = []
+    for result in results:
+        losses = _row_losses(result)
+        if not np.array_equal(result.oof_ids, first):
+            position = {key: i for i, key in enumerate(result.oof_ids)}
+            losses = losses[[position[key] for key in first]]
+        out.append(losses)
+    return out
+
+
+def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
+    """Fold std, standard error and the paired difference to the best, per result name.
+
+    Results over different training rows (not comparable row by row) get no pairing:
+    their `vs_best_se` is NaN and they are not marked within noise.
+    """
+    if not results:
+        return {}
+    comparable = [r for r in results if len(r.oof_ids) == len(results[0].oof_ids)
+                  and set(r.oof_ids) == set(results[0].oof_ids)]
+    losses = dict(zip((r.name for r in comparable), _aligned_losses(comparable)))
+    means = {name: float(v.mean()) for name, v in losses.items()}
+    best = min(means, key=means.get) if means else None
+    out = {}
+    for result in results:
+        folds = result.params.get("fold_scores") or result.params.get("fold_log_loss") or []
+        fold_std = float(np.std(folds)) if len(folds) else float("nan")
+        if result.name not in losses:
+            out[result.name] = Uncertainty(fold_std, float("nan"), float("nan"),
+                                           float("nan"), False)
+            continue
+        own = losses[result.name]
+        diff = own - losses[best]
+        se = float(own.std(ddof=1) / np.sqrt(len(own))) if len(own) > 1 else 0.0
+        diff_se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        out[result.name] = Uncertainty(fold_std, se, float(diff.mean()), diff_se,
+                                       float(diff.mean()) <= NOISE_SE * diff_se)
+    return out
+
+
+def _confidence(result: EnsembleResult) -> float:
+    """Mean out-of-fold distance from certainty, |p - 0.5| summed over classes' excess:
+    the lower, the less the model bets. Used to prefer the most cautious of equals."""
+    proba = result.oof_proba
+    if result.clip is not None:
+        proba = np.clip(proba, result.clip[0], result.clip[1])
+    return float(np.mean(np.max(proba, axis=1)))
+
+
+def choose_submission(results: Sequence[EnsembleResult],
+                      rule: str = DEFAULT_RULE) -> tuple[EnsembleResult, str]:
+    """The result to submit, and a sentence saying which rule chose it.
+
+    Rules:
+        "lowest-cv": the best CV score (log loss after clipping, or accuracy).
+        "within-noise-smoothest": among the results within noise of the best CV score
+            (paired standard error, see module doc), the one whose out-of-fold
+            predictions are least confident; it loses least when the test set holds
+            mistakes the training folds did not.
+
+    Raises:
+        ValueError: no results, or an unknown rule.
+    """
+    if not results:
+        raise ValueError("no results to choose from")
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
+    higher_better = results[0].metric == "accuracy"
+    ranked = sorted(results, key=lambda r: (-r.cv_score if higher_better else r.cv_score,
+                                            r.name))
+    best = ranked[0]
+    if rule == "lowest-cv" or higher_better:
+        return best, f"best CV score ({best.cv_score:.4f})"
+    noise = uncertainties(ranked)
+    equals = [r for r in ranked if noise[r.name].within_noise]
+    pick = min(equals, key=lambda r: (_confidence(r), r.name))
+    if pick is best:
+        return pick, (f"best CV score ({best.cv_score:.4f}); {len(equals) - 1} other(s) "
+                      "within noise are more confident")
+    return pick, (f"least confident of the {len(equals)} results within noise of the best "
+                  f"CV score ({pick.cv_score:.4f} vs best {best.name} {best.cv_score:.4f})")
