@@ -208,6 +208,21 @@ def kaggle_session() -> Iterator[Any]:
             logger.debug("kaggle client said: %s", scrub(text))
 
 
+def status_failure(status: int, message: str) -> KaggleFailure:
+    """The failure that an HTTP status (an API call's, or the file transfer's) stands for."""
+    if status == 401:
+        kind = "auth"
+    elif status == 403:
+        kind = "forbidden"
+    elif status == 404:
+        kind = "not_found"
+    elif status in TRANSIENT_STATUSES or status >= 500:
+        kind = "transient"
+    else:
+        kind = "rejected"
+    return KaggleFailure(kind, status, scrub(message))
+
+
 def classify(exc: BaseException) -> KaggleFailure:
     """Sort a client exception into auth / forbidden / not_found / transient / rejected."""
     import requests
@@ -224,17 +239,7 @@ def classify(exc: BaseException) -> KaggleFailure:
                     status = body["code"]
         except ValueError:
             pass
-        if status == 401:
-            kind = "auth"
-        elif status == 403:
-            kind = "forbidden"
-        elif status == 404:
-            kind = "not_found"
-        elif status in TRANSIENT_STATUSES or status >= 500:
-            kind = "transient"
-        else:
-            kind = "rejected"
-        return KaggleFailure(kind, status, scrub(message))
+        return status_failure(status, message)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout,
                         requests.exceptions.ChunkedEncodingError, ConnectionError, TimeoutError)):
         return KaggleFailure("transient", None, scrub(f"{type(exc).__name__}: {exc}"))

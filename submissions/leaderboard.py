@@ -3,8 +3,14 @@
 `refresh_leaderboard` lists the user's submissions through the kaggle client, joins them with
 the ledger (by Kaggle ref, else by the description `NAME cv=<score> <hash8>`, which also
 identifies submissions made before the ledger existed), stores the scores in the ledger,
-finds where the best public score would rank on the public leaderboard, and draws CV score
-against public score, one labelled point per ensemble.
+finds where the best public score would rank on the public leaderboard (and, once the
+competition has ended, the best private score on the private one), and draws CV score against
+public score, one labelled point per ensemble.
+
+Like is compared with like: Kaggle answers with the private leaderboard by default once there
+is one, so the public leaderboard is asked for explicitly. The user's own team is on the
+leaderboard too; it is never counted as a rival (found by its team name, which Kaggle lists
+with each submission; without one, by the row that holds the user's own best score).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from competition.spec import CompetitionSpec
 from submissions.ledger import Ledger, LedgerRow
 from submissions.remote import (
     RemoteSubmission,
-    leaderboard_scores,
+    leaderboard_rows,
     ledger_fields,
     list_submissions,
 )
@@ -46,8 +52,12 @@ class LeaderboardReport:
         table: One row per submission on Kaggle (COLUMNS), best public score first;
             `gap` is public minus CV.
         png_path: The CV-vs-public scatter, or None when no submission has both scores.
-        rank_text: One line: where the best public score would rank, or why unknown.
-        best_public, rank, teams: The numbers behind rank_text (None / 0 when unknown).
+        rank_text: Where the best public score would rank on the public leaderboard, and
+            the best private score on the private one once it exists (one line each), or
+            why that is unknown.
+        best_public, rank, teams: The public numbers behind rank_text (None / 0 when
+            unknown); `teams` counts the user's own team once.
+        best_private, private_rank, private_teams: The same on the private leaderboard.
     """
 
     competition: str
@@ -57,6 +67,19 @@ class LeaderboardReport:
     png_path: Path | None
     rank_text: str
     best_public: float | None = None
+    rank: int | None = None
+    teams: int = 0
+    best_private: float | None = None
+    private_rank: int | None = None
+    private_teams: int = 0
+
+
+@dataclass(frozen=True)
+class _Standing:
+    """Where one score would rank on one leaderboard."""
+
+    text: str
+    best: float | None = None
     rank: int | None = None
     teams: int = 0
 
@@ -111,25 +134,54 @@ def _join(ledger: Ledger, slug: str, remote: list[RemoteSubmission]) -> pd.DataF
                          "private_score": float})
 
 
-def _rank_text(spec: CompetitionSpec, table: pd.DataFrame, scores: list[float] | None,
-               whole: bool, problem: str | None) -> tuple[str, float | None, int | None, int]:
-    scored = table.dropna(subset=["public_score"])
+def _rivals(rows: list[tuple[str, float]], own_team: str, own_best: float) -> list[float]:
+    """The other teams' scores: the user's own team's row left out."""
+    if own_team:
+        return [score for name, score in rows if name != own_team]
+    scores = [score for _, score in rows]
+    # No team name listed: the user's row, if there, holds their best score. Leaving out one
+    # row with that score never changes the rank (a tie is not better), only the count.
+    for i, score in enumerate(scores):
+        if math.isclose(score, own_best, rel_tol=0, abs_tol=5e-6):
+            return scores[:i] + scores[i + 1:]
+    return scores
+
+
+def _standing(spec: CompetitionSpec, table: pd.DataFrame, board: str,
+              rows: list[tuple[str, float]] | None, whole: bool, own_team: str,
+              problem: str | None) -> _Standing:
+    """Where the best `board` ("public"/"private") score would rank on that leaderboard."""
+    column = f"{board}_score"
+    scored = table.dropna(subset=[column]).sort_values(
+        column, ascending=spec.lower_is_better, kind="stable")
     if scored.empty:
-        return "no public score yet (submissions still scoring?)", None, None, 0
+        return _Standing(f"no {board} score yet")
     best = scored.iloc[0]
-    head = f"best public {best.public_score:.5f} ({best.ensemble})"
-    if scores is None:
-        return f"{head}; leaderboard unavailable ({problem})", best.public_score, None, 0
+    score = float(best[column])
+    head = f"best {board} {score:.5f} ({best.ensemble})"
+    if rows is None:
+        return _Standing(f"{head}; {board} leaderboard unavailable ({problem})", score)
+    rivals = _rivals(rows, own_team, score)
     if spec.lower_is_better:
-        better = sum(s < best.public_score for s in scores)
+        better = sum(s < score for s in rivals)
     else:
-        better = sum(s > best.public_score for s in scores)
-    rank = better + 1
-    teams = len(scores)
+        better = sum(s > score for s in rivals)
+    rank, teams = better + 1, len(rivals) + 1  # the user's team counted once
     of = f"{teams}" if whole else f"at least {teams}"
-    percent = f" (top {100 * rank / max(teams, rank):.1f}%)" if teams else ""
-    return (f"{head} would rank {rank} of {of} teams on the public leaderboard{percent}",
-            best.public_score, rank, teams)
+    return _Standing(f"{head} would rank {rank} of {of} teams on the {board} leaderboard "
+                     f"(top {100 * rank / teams:.1f}%)", score, rank, teams)
+
+
+def _unranked(table: pd.DataFrame) -> str | None:
+    """Why there is nothing to rank, or None when some submission has a public score."""
+    if table.empty:
+        return "no submission on Kaggle yet, so nothing to rank (`harness upload` sends one)"
+    if table.public_score.notna().any():
+        return None
+    scoring = int((table.status == "pending").sum())
+    if scoring:
+        return f"no public score yet: {scoring} submission(s) still being scored by Kaggle"
+    return "no public score: Kaggle could not score any submission (see the status column)"
 
 
 def _plot(spec: CompetitionSpec, table: pd.DataFrame, path: Path) -> Path | None:
@@ -187,20 +239,39 @@ def refresh_leaderboard(
         raise local_only_error(spec.slug, "compare with a leaderboard")
     ledger = Ledger(ledger_path)
     problem = None
+    boards: dict[str, tuple[list[tuple[str, float]] | None, bool]] = {}
     with kaggle_session() as api:
         remote = list_submissions(api, spec.slug, retry=retry, sleep=sleep)
-        try:
-            scores, whole = leaderboard_scores(api, spec.slug, retry=retry, sleep=sleep)
-        except HarnessError as exc:
-            scores, whole, problem = None, False, str(exc)
+        # Private scores are listed only once the competition has a private leaderboard.
+        ended = any(item.private_score is not None for item in remote)
+        if any(item.public_score is not None for item in remote):
+            try:
+                boards["public"] = leaderboard_rows(api, spec.slug, public=True, retry=retry,
+                                                    sleep=sleep)
+                if ended:
+                    boards["private"] = leaderboard_rows(api, spec.slug, public=False,
+                                                         retry=retry, sleep=sleep)
+            except HarnessError as exc:
+                problem = str(exc)
+    own_team = next((item.team_name for item in remote if item.team_name), "")
     table = _join(ledger, spec.slug, remote)
     table = table.sort_values("public_score", ascending=spec.lower_is_better,
                               na_position="last", kind="stable").reset_index(drop=True)
-    text, best, rank, teams = _rank_text(spec, table, scores, whole, problem)
+    why_not = _unranked(table)
+    public = private = _Standing(why_not or "")
+    if why_not is None:
+        public = _standing(spec, table, "public", *boards.get("public", (None, False)),
+                           own_team, problem)
+        if ended:
+            private = _standing(spec, table, "private", *boards.get("private", (None, False)),
+                                own_team, problem)
+    text = "\n".join(dict.fromkeys(s.text for s in (public, private) if s.text))
     png = _plot(spec, table, Path(out_dir) / f"{spec.slug}-cv-vs-public.png")
-    logger.info("%s: %d submission(s); %s", spec.slug, len(table), text)
+    # Said once, by the caller (`harness leaderboard` prints the report).
+    logger.debug("%s: %d submission(s); %s", spec.slug, len(table), text)
     return LeaderboardReport(spec.slug, spec.metric, spec.lower_is_better, table, png, text,
-                             best, rank, teams)
+                             public.best, public.rank, public.teams,
+                             private.best, private.rank, private.teams)
 
 
 def format_leaderboard(report: LeaderboardReport) -> str:
@@ -209,9 +280,7 @@ def format_leaderboard(report: LeaderboardReport) -> str:
     header = (f"{report.competition}: {report.metric} ({better} is better), "
               f"{len(report.table)} submission(s)")
     lines = [header]
-    if report.table.empty:
-        lines.append("no submissions on Kaggle yet")
-    else:
+    if not report.table.empty:
         shown = report.table[["ensemble", "cv_score", "public_score", "gap", "private_score",
                               "status", "ref", "date"]]
         lines.append(shown.to_string(index=False, na_rep="-",

@@ -26,6 +26,7 @@ class RemoteSubmission:
     public_score: float | None
     private_score: float | None
     error_description: str
+    team_name: str = ""
 
 
 def parse_score(text: Any) -> float | None:
@@ -81,6 +82,7 @@ def list_submissions(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.slee
         public_score=parse_score(item.public_score),
         private_score=parse_score(item.private_score),
         error_description=item.error_description or "",
+        team_name=item.team_name or "",
     ) for item in items]
 
 
@@ -95,18 +97,26 @@ def remaining_today(api: Any, slug: str) -> int | None:
     return int(limits.num_allowed_now)
 
 
-def leaderboard_scores(api: Any, slug: str, *, retry: RetryPolicy, sleep=time.sleep,
-                       page_size: int = 200) -> tuple[list[float], bool]:
-    """The public leaderboard's team scores (in Kaggle's order) and whether the list is whole."""
+def leaderboard_rows(api: Any, slug: str, *, public: bool, retry: RetryPolicy,
+                     sleep=time.sleep, page_size: int = 200) -> tuple[list[tuple[str, float]], bool]:
+    """A leaderboard's (team name, score) rows, in Kaggle's order, and whether the list is whole.
+
+    Kaggle answers with the private leaderboard once the competition has one, else the public
+    one; `public=True` asks for the public one in any case (`overridePublic`). So the private
+    leaderboard is `public=False` only when the competition has one (its scores are listed).
+    """
     from kagglesdk.competitions.types.competition_api_service import ApiGetLeaderboardRequest
 
     request = ApiGetLeaderboardRequest()
     request.competition_name = slug
     request.page_size = page_size
-    rows, whole = _all_pages(api, slug, request, "get_leaderboard", "read the leaderboard",
-                             retry=retry, sleep=sleep)
-    scores = [s for s in (parse_score(r.score) for r in rows) if s is not None]
-    return scores, whole
+    if public:
+        request.override_public = True
+    which = "public" if public else "default (private once it exists)"
+    rows, whole = _all_pages(api, slug, request, "get_leaderboard",
+                             f"read the {which} leaderboard", retry=retry, sleep=sleep)
+    scored = [(r.team_name or "", parse_score(r.score)) for r in rows]
+    return [(name, score) for name, score in scored if score is not None], whole
 
 
 def ledger_fields(found: RemoteSubmission) -> dict[str, Any]:

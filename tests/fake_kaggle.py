@@ -7,9 +7,14 @@ server as a proxy request with an absolute URL. It speaks the wire protocol of k
 
 Implemented: DownloadDataFiles (302 to /files/<slug>.zip), StartSubmissionUpload, the PUT of
 the file, CreateSubmission, GetSubmissionLimits, ListSubmissions, GetLeaderboard. Failures
-are scripted per method (`fail_next`), plus the ways Kaggle says no: wrong credentials (401),
-rules not accepted (403 on downloads), the daily limit (400 or a 200 with only a message),
-and a "lost answer" (the submission is recorded but the reply is a 503).
+are scripted per method (`fail_next`, where None answers normally, so "the listing works, then
+fails" is `[None, 503, ...]`) or drawn at random (`fault_rate`, seeded), plus the ways Kaggle
+says no: wrong credentials (401), rules not accepted (403 on downloads), the daily limit (400 or
+a 200 with only a message), a refused file transfer (`fail_put` with `put_status`) and a "lost
+answer" (the submission is recorded but the reply is a 503). Like Kaggle, the leaderboard holds
+the user's own team (`team_name`) and, once `private_leaderboard` is set (the competition has
+ended), answers with the private one unless asked for `overridePublic`; private scores of the
+user's submissions are listed only then.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,11 +54,19 @@ class FakeKaggle:
         limits_override: If set, GetSubmissionLimits reports this many remaining.
         scorer: bytes of the uploaded CSV -> (public, private) scores, or None to leave the
             submission pending.
-        leaderboard: (team name, score) rows of other teams.
-        fail_next: method -> list of HTTP statuses to answer before behaving normally.
+        leaderboard: (team name, score) rows of other teams on the public leaderboard.
+        private_leaderboard: The other teams' private scores, or None while the competition
+            runs (then there is no private leaderboard and no private score is listed).
+        team_name: The user's team; its row (best scores of its submissions) is on both
+            leaderboards unless `own_team_on_leaderboard` is False.
+        lower_is_better: Which of the user's scores is its team's best.
+        fail_next: method -> list of HTTP statuses to answer before behaving normally; a None
+            entry answers that call normally. "PUT" scripts the file transfer.
+        fault_rate: Chance that any API call or PUT is answered with a 5xx from
+            `fault_statuses` before any work (random, seeded with `fault_seed`).
         lose_answer: method -> how many times to do the work and then answer 503.
-        fail_put: how many PUTs of the file to answer with 403 (the client then reports
-            "Could not submit to competition" and exits 0).
+        fail_put: how many PUTs of the file to answer with `put_status` (default 403; the
+            client then reports "Could not submit to competition").
         calls: Every method called, in order ("PUT" for file uploads).
     """
 
@@ -66,9 +80,17 @@ class FakeKaggle:
     limits_override: int | None = None
     scorer: Callable[[bytes], tuple[float, float] | None] | None = None
     leaderboard: list[tuple[str, float]] = field(default_factory=list)
-    fail_next: dict[str, list[int]] = field(default_factory=dict)
+    private_leaderboard: list[tuple[str, float]] | None = None
+    team_name: str = "Tester's Team"
+    own_team_on_leaderboard: bool = True
+    lower_is_better: bool = True
+    fail_next: dict[str, list[int | None]] = field(default_factory=dict)
+    fault_rate: float = 0.0
+    fault_seed: int = 0
+    fault_statuses: tuple[int, ...] = (500, 502, 503)
     lose_answer: dict[str, int] = field(default_factory=dict)
     fail_put: int = 0
+    put_status: int = 403
     calls: list[str] = field(default_factory=list)
     submissions: list[dict] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
@@ -76,6 +98,7 @@ class FakeKaggle:
     port: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _random: random.Random | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> FakeKaggle:
@@ -120,6 +143,11 @@ class FakeKaggle:
         queue = self.fail_next.get(method)
         if queue:
             return queue.pop(0)
+        if self.fault_rate:
+            if self._random is None:
+                self._random = random.Random(self.fault_seed)
+            if self._random.random() < self.fault_rate:
+                return self._random.choice(self.fault_statuses)
         return None
 
     def handle(self, method: str, body: dict) -> tuple[int, dict, dict[str, str]]:
@@ -173,23 +201,38 @@ class FakeKaggle:
             "status": "COMPLETE" if scores else "PENDING",
             "publicScore": f"{scores[0]:.5f}" if scores else "",
             "privateScore": f"{scores[1]:.5f}" if scores else "",
-            "submittedBy": self.username, "teamName": self.username,
+            "submittedBy": self.username, "teamName": self.team_name,
         })
         return 200, {"message": "Successfully submitted", "ref": ref}, {}
 
     def _list_submissions(self, body: dict) -> dict:
         ordered = sorted(self.submissions, key=lambda s: s["ref"], reverse=True)
+        if self.private_leaderboard is None:  # private scores are hidden until the end
+            ordered = [{**s, "privateScore": ""} for s in ordered]
         size = int(body.get("pageSize") or 20)
         start = int(body.get("pageToken") or 0)
         page = ordered[start:start + size]
         token = str(start + size) if start + size < len(ordered) else ""
         return {"submissions": page, "nextPageToken": token}
 
+    def _own_best(self, key: str) -> float | None:
+        scores = [float(s[key]) for s in self.submissions if s["status"] == "COMPLETE"]
+        if not scores:
+            return None
+        return min(scores) if self.lower_is_better else max(scores)
+
     def _leaderboard(self, body: dict) -> dict:
+        """The private leaderboard once it exists, unless `overridePublic` (as Kaggle does)."""
         size = int(body.get("pageSize") or 20)
         start = int(body.get("pageToken") or 0)
+        private = self.private_leaderboard is not None and not body.get("overridePublic")
+        teams = list(self.private_leaderboard if private else self.leaderboard)
+        own = self._own_best("privateScore" if private else "publicScore")
+        if self.own_team_on_leaderboard and own is not None:
+            teams.append((self.team_name, own))
+        teams.sort(key=lambda team: team[1], reverse=not self.lower_is_better)
         rows = [{"teamId": i + 1, "teamName": name, "submissionDate": "2017-03-01T00:00:00.000Z",
-                 "score": f"{score:.5f}"} for i, (name, score) in enumerate(self.leaderboard)]
+                 "score": f"{score:.5f}"} for i, (name, score) in enumerate(teams)]
         token = str(start + size) if start + size < len(rows) else ""
         return {"submissions": rows[start:start + size], "nextPageToken": token}
 
@@ -270,9 +313,13 @@ class _Handler(BaseHTTPRequestHandler):
         data = self._body()
         with self.state._lock:
             self.state.calls.append("PUT")
-            if self.state.fail_put > 0:
+            failure = self.state._scripted_failure("PUT")
+            if failure is None and self.state.fail_put > 0:
                 self.state.fail_put -= 1
-                self._send(403, b"upload refused", {}, "text/plain")
+                failure = self.state.put_status
+            if failure is not None:
+                self._send(failure, b"upload refused" if failure == 403 else b"scripted failure",
+                           {}, "text/plain")
                 return
             token = path.rsplit("/", 1)[-1]
             if token not in self.state.pending_tokens:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -243,25 +245,163 @@ def test_upload_lost_answer_is_not_submitted_twice(fake, workspace):
 
 
 def test_upload_failed_file_transfer_is_retried(fake, workspace):
-    """The client answers 'Could not submit to competition' (CLI exit 0) when the PUT fails."""
+    """A transient failure of the transfer (503) is retried; nothing reached CreateSubmission,
+    so the retry does not read the submissions list first."""
     _data(workspace)
-    fake.fail_put = 1
+    fake.fail_put, fake.put_status = 1, 503
     row = _upload(workspace, _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8}))
     assert row.status == "complete" and len(fake.submissions) == 1
     assert fake.calls.count("PUT") == 2
+    assert fake.calls.count("ListSubmissions") == 2  # before, and once to find it
+
+
+def test_upload_transfer_refused_403_is_not_retried(fake, workspace, sleeps):
+    """A 403 on the transfer is permanent: one try, Kaggle's status and text in the error."""
+    _data(workspace)
+    fake.fail_put, fake.put_status = 1000, 403
+    with pytest.raises(HarnessError, match=r"refused the transfer of a\.csv .*HTTP 403: upload "
+                                           r"refused\); nothing was submitted") as error:
+        _upload(workspace, _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8}), sleeps=sleeps)
+    assert "\n" not in str(error.value) and "the transfer of the file failed" not in str(error.value)
+    assert fake.calls.count("PUT") == 1 and fake.calls.count("StartSubmissionUpload") == 1
+    assert fake.calls.count("ListSubmissions") == 1 and sleeps == []
+    (row,) = Ledger(workspace / "ledger.sqlite").rows()
+    assert row.status == "failed" and "HTTP 403" in row.error
 
 
 def test_upload_gives_up_after_bounded_503s_with_truthful_row(fake, workspace, sleeps):
     _data(workspace)
     fake.fail_next = {"StartSubmissionUpload": [503] * 10}
     retry = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05, jitter=0.0)
-    with pytest.raises(HarnessError, match=r"after 3 tries \(last: HTTP 503"):
+    with pytest.raises(HarnessError, match=r"after 3 tries \(last: StartSubmissionUpload "
+                                           r"answered HTTP 503: scripted 503\)"):
         _upload(workspace, _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8}),
                 sleeps=sleeps, retry=retry)
     (row,) = Ledger(workspace / "ledger.sqlite").rows()
     assert row.status == "failed" and "503" in row.error and row.kaggle_ref is None
     assert fake.submissions == [] and fake.calls.count("StartSubmissionUpload") == 3
-    assert len(sleeps) == 2
+    assert len(sleeps) == 2 and fake.calls.count("ListSubmissions") == 1
+
+
+def test_clean_listing_after_failed_create_means_nothing_recorded(fake, workspace):
+    """The report's run: CreateSubmission gets a 500 before any work, the next listing is
+    clean, later tries never reach CreateSubmission, then the list cannot be read. Nothing was
+    recorded, so the row is failed (not pending) and the rerun uploads."""
+    _data(workspace)
+    fake.fail_next = {"CreateSubmission": [500], "StartSubmissionUpload": [None] + [503] * 3,
+                      "ListSubmissions": [None, None] + [503] * 40}
+    csv = _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
+    with pytest.raises(HarnessError, match=r"after 4 tries .*Kaggle recorded nothing, so "
+                                           r"rerunning is safe"):
+        _upload(workspace, csv)
+    assert fake.calls.count("CreateSubmission") == 1 and fake.submissions == []
+    assert fake.calls.count("ListSubmissions") == 2  # before, and the one clean check
+    (row,) = Ledger(workspace / "ledger.sqlite").rows()
+    assert row.status == "failed"
+    fake.fail_next = {}
+    second = _upload(workspace, csv)
+    assert second.status == "complete" and len(fake.submissions) == 1
+
+
+def _unknown_outcome(fake, workspace, csv, *, recorded: bool) -> None:
+    """A CreateSubmission without a definite answer (a 500 before any work, or an answer lost
+    after the work) and a submissions list that then cannot be read: a pending row."""
+    fake.fail_next = {"ListSubmissions": [None] + [503] * FAST.attempts}
+    if recorded:
+        fake.lose_answer = {"CreateSubmission": 1}
+    else:
+        fake.fail_next["CreateSubmission"] = [500]
+    with pytest.raises(HarnessError, match=r"outcome unknown: CreateSubmission answered HTTP "
+                                           r"\d+.*stays pending.*rerun the same `harness upload`"):
+        _upload(workspace, csv)
+    (row,) = Ledger(workspace / "ledger.sqlite").rows()
+    assert row.status == "pending" and row.error.startswith("outcome unknown")
+    assert fake.calls.count("CreateSubmission") == 1 and fake.fail_next["ListSubmissions"] == []
+
+
+def test_rerun_settles_pending_row_absent_from_kaggle_then_uploads(fake, workspace):
+    _data(workspace)
+    csv = _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
+    _unknown_outcome(fake, workspace, csv, recorded=False)
+    assert fake.submissions == []
+    fake.fail_next = {}  # the list can be read again: the submission is provably absent
+    row = _upload(workspace, csv)
+    first, second = Ledger(workspace / "ledger.sqlite").rows()
+    assert first.status == "failed" and "never recorded" in first.error
+    assert second.id == row.id and row.status == "complete" and len(fake.submissions) == 1
+
+
+def test_rerun_settles_pending_row_found_on_kaggle_as_uploaded(fake, workspace):
+    _data(workspace)
+    csv = _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
+    _unknown_outcome(fake, workspace, csv, recorded=True)
+    assert len(fake.submissions) == 1  # Kaggle did record it
+    fake.fail_next = {}
+    with pytest.raises(HarnessError, match=r"already uploaded .*\(ledger row 1, complete\)"):
+        _upload(workspace, csv)
+    (row,) = Ledger(workspace / "ledger.sqlite").rows()
+    assert row.status == "complete" and row.kaggle_ref == str(fake.submissions[0]["ref"])
+    assert len(fake.submissions) == 1 and fake.calls.count("CreateSubmission") == 1
+
+
+def test_rerun_blocked_only_while_outcome_is_unknown(fake, workspace):
+    _data(workspace)
+    csv = _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
+    _unknown_outcome(fake, workspace, csv, recorded=False)
+    fake.fail_next = {"ListSubmissions": [503] * FAST.attempts}  # still unreadable
+    calls = len(fake.calls)
+    page = f"https://www.kaggle.com/competitions/{REDUX.slug}/submissions"
+    with pytest.raises(HarnessError, match=r"may already be on Kaggle: ledger row 1 .*pending, its "
+                                           r"outcome unknown.*" + re.escape(page)) as error:
+        _upload(workspace, csv)
+    assert "--force" in str(error.value) and "\n" not in str(error.value)
+    assert fake.calls[calls:] == ["ListSubmissions"] * FAST.attempts  # nothing sent
+    assert Ledger(workspace / "ledger.sqlite").rows()[0].status == "pending"
+
+
+def _rerun_until_uploaded(fake, workspace, csv) -> list[str]:
+    """Run the upload as a user would, rerunning after each error as it advises; check that
+    each error tells Kaggle's state truly. The outcomes, in order."""
+    outcomes: list[str] = []
+    for _run in range(12):
+        try:
+            outcomes.append(_upload(workspace, csv).status)
+            return outcomes
+        except HarnessError as exc:
+            text, rows = str(exc), Ledger(workspace / "ledger.sqlite").rows()
+            if "already uploaded" in text:
+                return outcomes + ["already uploaded"]
+            if "outcome unknown" in text or "may already be on Kaggle" in text:
+                assert rows[-1].status == "pending", text
+                outcomes.append("unknown")
+            elif "Kaggle answered submission" in text:  # recorded; its listing unreadable
+                assert rows[-1].status == "pending" and rows[-1].kaggle_ref, text
+                assert len(fake.submissions) == 1, text
+                outcomes.append("answered")
+            else:  # a plain failure: Kaggle holds nothing of it, and the row says so
+                assert fake.submissions == [] and rows[-1].status == "failed", text
+                outcomes.append("failed")
+    return outcomes
+
+
+def test_random_5xx_every_outcome_truthful_and_reruns_converge(fake, workspace):
+    """Half of all requests (API calls and transfers) answer 5xx at random (seeded). Every run
+    tells Kaggle's state truly, and rerunning as advised ends with exactly one submission."""
+    seen = set()
+    for seed in range(9):  # seed 8 meets an unknown outcome
+        fake.submissions.clear()
+        fake.fault_rate, fake._random = 0.5, random.Random(seed)
+        work = workspace / f"seed{seed}"
+        _data(work)
+        csv = _csv(work, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
+        outcomes = _rerun_until_uploaded(fake, work, csv)
+        seen.update(outcomes)
+        rows = Ledger(work / "ledger.sqlite").rows()
+        assert len(fake.submissions) == 1, (seed, outcomes)
+        on_kaggle = [r for r in rows if r.status in ("complete", "submitted")]
+        assert [r.kaggle_ref for r in on_kaggle] == [str(fake.submissions[0]["ref"])], outcomes
+        assert all(r.status == "failed" for r in rows if r not in on_kaggle), (seed, outcomes)
+    assert "unknown" in seen, seen  # the seeds reach the case the report was about
 
 
 def test_duplicate_file_refused_unless_forced(fake, workspace):
@@ -279,15 +419,17 @@ def test_upload_fails_truthfully_when_every_transfer_fails(fake, workspace):
     """However the client reports a failed PUT (exit 0, exit 1, an exception or a message), the
     harness decides by Kaggle's listing: nothing listed, so a failed row and a clear error."""
     _data(workspace)
-    fake.fail_put = 1000
+    fake.fail_put, fake.put_status = 1000, 503
     csv = _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
-    with pytest.raises(HarnessError, match=r"could not upload a\.csv .*not in your submissions"):
+    with pytest.raises(HarnessError, match=r"could not upload a\.csv .*after 4 tries \(last: the "
+                                           r"file transfer answered HTTP 503.*recorded nothing"):
         _upload(workspace, csv)
     (row,) = Ledger(workspace / "ledger.sqlite").rows()
     assert row.status == "failed" and row.kaggle_ref is None
     assert fake.submissions == [] and "CreateSubmission" not in fake.calls
     assert fake.calls.count("PUT") == FAST.attempts
-    assert fake.calls.count("ListSubmissions") > FAST.attempts  # verified by listing
+    # CreateSubmission was never reached, so nothing can be listed: no polling per try.
+    assert fake.calls.count("ListSubmissions") == 1
 
 
 # What the installed `kaggle` CLI does when the PUT of the file fails: it prints
@@ -329,7 +471,8 @@ def test_leaderboard_log_loss_table_rank_and_plot(fake, workspace):
     assert list(table.gap) == pytest.approx([expected[0] - 0.06, expected[1] - 0.4], abs=1e-5)
     best = expected[0]
     assert report.rank == 1 + sum(s < best for _, s in fake.leaderboard)
-    assert report.teams == 5 and "of 5 teams" in report.rank_text
+    # Five other teams and the user's own (on the leaderboard, counted once).
+    assert report.teams == 6 and "of 6 teams on the public leaderboard" in report.rank_text
     with Image.open(report.png_path) as image:
         assert image.format == "PNG" and image.size[0] > 100
     text = format_leaderboard(report)
@@ -341,7 +484,7 @@ def test_leaderboard_log_loss_table_rank_and_plot(fake, workspace):
 
 def test_leaderboard_accuracy_higher_is_better(fake, workspace):
     _data(workspace, ORIGINAL)
-    fake.scorer = accuracy_scorer
+    fake.scorer, fake.lower_is_better = accuracy_scorer, False
     fake.leaderboard = [("a", 1.0), ("b", 0.75), ("c", 0.5)]
     _upload(workspace, _csv(workspace, "wrong", {"1": 0, "2": 1, "10": 0}), ensemble="bad",
             cv=0.4, spec=ORIGINAL)
@@ -351,6 +494,77 @@ def test_leaderboard_accuracy_higher_is_better(fake, workspace):
     assert list(report.table.ensemble) == ["half", "bad"]  # higher accuracy first
     assert list(report.table.public_score) == [0.5, 0.0]
     assert report.rank == 3 and "higher is better" in format_leaderboard(report)
+    assert report.teams == 4 and "rank 3 of 4 teams" in report.rank_text
+
+
+def test_leaderboard_of_ended_competition_compares_like_with_like(fake, workspace):
+    """Kaggle's default leaderboard is the private one once it exists, and holds the user's own
+    team: public is ranked on public, private on private, the own team counted once."""
+    _data(workspace)
+    fake.leaderboard = [("a", 0.04), ("b", 0.07), ("c", 0.2), ("d", 0.5), ("e", 0.9)]
+    fake.private_leaderboard = [("a", 0.05), ("b", 0.08), ("c", 0.12), ("d", 0.15), ("e", 0.2)]
+    csv = _csv(workspace, "blend", {"1": 0.75, "2": 0.25, "10": 0.8})
+    public, private = logloss_scorer(csv.read_bytes())  # 0.28768, 0.22314
+    _upload(workspace, csv, ensemble="blend")
+    report = refresh_leaderboard(REDUX, workspace / "ledger.sqlite", workspace)
+    assert (report.rank, report.teams) == (4, 6)  # a, b, c beat 0.28768 in public
+    assert (report.private_rank, report.private_teams) == (6, 6)  # all five in private
+    assert report.best_public == pytest.approx(public, abs=1e-5)
+    assert report.best_private == pytest.approx(private, abs=1e-5)
+    assert report.rank_text.splitlines() == [
+        ("best public 0.28768 (blend) would rank 4 of 6 teams on the public leaderboard "
+         "(top 66.7%)"),
+        ("best private 0.22314 (blend) would rank 6 of 6 teams on the private leaderboard "
+         "(top 100.0%)")]
+    assert fake.calls.count("GetLeaderboard") == 2
+
+
+@pytest.mark.parametrize(("team", "on_board"), [("Tester's Team", True), ("", True),
+                                                ("Tester's Team", False)])
+def test_leaderboard_never_counts_own_team(fake, workspace, team, on_board):
+    """The own team is found by the team name Kaggle lists (or, without one, by its score),
+    and counted once whether or not the leaderboard shows it yet."""
+    _data(workspace)
+    fake.team_name, fake.own_team_on_leaderboard = team, on_board
+    fake.leaderboard = [("a", 0.01), ("b", 0.5), ("c", 0.9)]
+    _upload(workspace, _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8}))  # 0.10536
+    report = refresh_leaderboard(REDUX, workspace / "ledger.sqlite", workspace)
+    assert (report.rank, report.teams) == (2, 4) and report.private_rank is None
+    assert report.rank_text == ("best public 0.10536 (xception) would rank 2 of 4 teams on the "
+                                "public leaderboard (top 50.0%)")
+
+
+def test_leaderboard_without_scores_says_why(fake, workspace):
+    _data(workspace)
+    fake.leaderboard = [("a", 0.01)]
+    report = refresh_leaderboard(REDUX, workspace / "ledger.sqlite", workspace)
+    assert report.rank_text == ("no submission on Kaggle yet, so nothing to rank "
+                                "(`harness upload` sends one)")
+    assert "scoring" not in format_leaderboard(report) and "GetLeaderboard" not in fake.calls
+    fake.scorer = None  # Kaggle has not scored it yet
+    _upload(workspace, _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8}))
+    report = refresh_leaderboard(REDUX, workspace / "ledger.sqlite", workspace)
+    assert report.rank_text == "no public score yet: 1 submission(s) still being scored by Kaggle"
+
+
+def test_cli_upload_and_leaderboard_say_it_once(fake, workspace):
+    """`harness upload` reports its success once, `harness leaderboard` its rank once."""
+    from tests.cli_runner import run_harness
+
+    _data(workspace)
+    fake.leaderboard = [("a", 0.01)]
+    csv = _csv(workspace, "a", {"1": 0.9, "2": 0.1, "10": 0.8})
+    common = ["--competition", REDUX.slug, "--data-dir", "data", "--workspace", "."]
+    upload = run_harness("upload", *common, "--file", str(csv), cwd=workspace,
+                         env=dict(os.environ), timeout=120)
+    assert upload.returncode == 0, upload.stderr
+    output = upload.stdout + upload.stderr
+    assert output.count(str(fake.submissions[0]["ref"])) == 1, output
+    assert output.count("uploaded") == 1 and "complete" in upload.stdout
+    board = run_harness("leaderboard", *common, cwd=workspace, env=dict(os.environ), timeout=120)
+    assert board.returncode == 0, board.stderr
+    assert (board.stdout + board.stderr).count("would rank") == 1, board.stdout + board.stderr
+    assert "would rank 2 of 2 teams" in board.stdout
 
 
 def test_leaderboard_joins_pending_rows_and_foreign_submissions(fake, workspace):
@@ -453,7 +667,7 @@ def test_interrupted_upload_leaves_pending_row(fake, workspace):
 
 def test_listings_follow_every_page(fake, workspace):
     from competition.kaggle_api import DEFAULT_RETRY, kaggle_session
-    from submissions.remote import leaderboard_scores, list_submissions
+    from submissions.remote import leaderboard_rows, list_submissions
 
     _data(workspace)
     for i, cv in enumerate((0.3, 0.2, 0.1)):
@@ -462,6 +676,9 @@ def test_listings_follow_every_page(fake, workspace):
     fake.leaderboard = [(f"team{i}", i / 10) for i in range(5)]
     with kaggle_session() as api:
         listed = list_submissions(api, REDUX.slug, retry=DEFAULT_RETRY, page_size=1)
-        scores, whole = leaderboard_scores(api, REDUX.slug, retry=DEFAULT_RETRY, page_size=2)
+        rows, whole = leaderboard_rows(api, REDUX.slug, public=True, retry=DEFAULT_RETRY,
+                                       page_size=2)
     assert [s.description.split()[0] for s in listed] == ["e2", "e1", "e0"]  # newest first
-    assert scores == [i / 10 for i in range(5)] and whole
+    assert {s.team_name for s in listed} == {fake.team_name}
+    assert len(rows) == 6 and whole  # 3 pages: five teams and the user's
+    assert [s for name, s in rows if name != fake.team_name] == [i / 10 for i in range(5)]
