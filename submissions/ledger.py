@@ -3,7 +3,9 @@
 A row is inserted as `pending` before any byte leaves the machine and updated when the
 outcome is known, so a crash or a lost connection leaves a row that says exactly that.
 Statuses:
-    pending     the attempt started; its outcome is not known (yet)
+    pending     the attempt started; its outcome is not known (yet): a crash, or a
+                CreateSubmission without an answer and a submissions list that could not
+                be read. The next upload of the same file settles it with Kaggle's list.
     submitted   Kaggle listed the new submission; not scored yet
     complete    scored (public/private score filled in when Kaggle shows them)
     error       Kaggle accepted the file but its scoring failed (see `error`)
@@ -21,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 STATUSES = ("pending", "submitted", "complete", "error", "rejected", "failed")
-# Rows whose file reached (or may have reached) Kaggle: re-uploading it needs --force.
+# Rows whose file reached (or may have reached) Kaggle: re-uploading it needs --force
+# (`upload_submission` first settles `pending` rows with Kaggle's submissions list).
 UPLOADED_STATUSES = ("pending", "submitted", "complete", "error")
 
 _SCHEMA = """

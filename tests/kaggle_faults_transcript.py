@@ -1,7 +1,7 @@
 """`harness upload` / `harness leaderboard` under injected faults, printed as a transcript.
 
 Run: python -m tests.kaggle_faults_transcript [SCENARIO ...]   (default: all)
-Scenarios: pending, rank, forbidden, transfer, empty. Every command is the real `harness` CLI
+Scenarios: pending, unknown, rank, forbidden, transfer, empty. Every command is the real `harness` CLI
 (a subprocess, real retry delays) driving the real kaggle client; only the server is fake.
 After each command: exit code, seconds, the requests the fake received, the ledger rows.
 """
@@ -71,13 +71,29 @@ def pending(root: Path) -> None:
     """The one CreateSubmission gets a 500 before any work; a later listing is clean; later
     tries never reach CreateSubmission; then the listing fails. Rerun as advised."""
     fake = FakeKaggle(scorer=logloss_scorer, fail_next={
-        "CreateSubmission": [500], "StartSubmissionUpload": [None] + [503] * 3,
+        "CreateSubmission": [500], "StartSubmissionUpload": [None] + [503] * 4,
         "ListSubmissions": [None, None] + [503] * 10})
     run = Session(root, fake)
     csv = run.csv("blend", {"1": 0.9, "2": 0.1, "10": 0.8})
     run.harness("upload", "--file", str(csv), "--ensemble", "blend", "--cv", "0.05")
     fake.fail_next = {}
     print("# Kaggle answers again; rerun as advised")
+    run.harness("upload", "--file", str(csv), "--ensemble", "blend", "--cv", "0.05")
+    run.stop()
+
+
+def unknown(root: Path) -> None:
+    """CreateSubmission gets a 500 and the submissions list cannot be read afterwards: the
+    outcome is truly unknown. Rerun while the list is still unreadable, then once it is back."""
+    fake = FakeKaggle(scorer=logloss_scorer, fail_next={
+        "CreateSubmission": [500], "ListSubmissions": [None] + [503] * 5})
+    run = Session(root, fake)
+    csv = run.csv("blend", {"1": 0.9, "2": 0.1, "10": 0.8})
+    run.harness("upload", "--file", str(csv), "--ensemble", "blend", "--cv", "0.05")
+    fake.fail_next = {"ListSubmissions": [503] * 5}
+    print("# rerun while the list is still unreadable")
+    run.harness("upload", "--file", str(csv), "--ensemble", "blend", "--cv", "0.05")
+    print("# rerun once Kaggle answers again")
     run.harness("upload", "--file", str(csv), "--ensemble", "blend", "--cv", "0.05")
     run.stop()
 
@@ -119,7 +135,7 @@ def empty(root: Path) -> None:
     run.stop()
 
 
-SCENARIOS = {"pending": pending, "rank": rank, "forbidden": forbidden, "transfer": transfer,
+SCENARIOS = {"pending": pending, "unknown": unknown, "rank": rank, "forbidden": forbidden, "transfer": transfer,
              "empty": empty}
 
 
