@@ -300,12 +300,18 @@ def cmd_submit(config: Config, args: argparse.Namespace) -> None:
     timer = _Timer()
     timer.run("features", run_features, config, args)
     results = timer.run("ensembles", run_ensembles, config, args)
+    from ensembles.select import choose_submission
+
     chosen = _pick(results, args.ensemble)  # best CV score first, as run_ensembles returns
+    if args.ensemble:
+        pick, why = chosen[0], "named with --ensemble"
+    else:
+        pick, why = choose_submission(results)
+        chosen = [pick] + [r for r in chosen if r is not pick]
     paths = timer.run("submissions", lambda: [write_submission_for(config, r) for r in chosen])
     for path in paths:
         print(f"validated: {path}")
-    metric = "log loss" if config.spec.metric == "log_loss" else "accuracy"
-    print(f"best by CV {metric}: {chosen[0].name} ({chosen[0].cv_score:.4f}) -> {paths[0]}")
+    print(f"submission: {pick.name} -> {paths[0]} ({why})")
     print(f"stage times: {timer.summary()}")
 
 
@@ -323,8 +329,10 @@ def _chosen_upload(config: Config, args: argparse.Namespace) -> tuple[Path, str,
                if result_path(config.workspace.ensembles_dir, name).is_file()]
     if not results:
         raise HarnessError("no ensemble results yet; run `harness submit` (make submit) first")
-    results.sort(key=lambda r: r.cv_score, reverse=not config.spec.lower_is_better)
-    chosen = _pick(results, args.ensemble)[0]
+    from ensembles.select import choose_submission
+
+    chosen = _pick(results, args.ensemble)[0] if args.ensemble else \
+        choose_submission(results)[0]  # the same rule as `harness submit`
     # Written again from the saved predictions, so the file always matches the CV score
     # in its message (a CSV left from an earlier fit would not).
     return write_submission_for(config, chosen), chosen.name, chosen.cv_score
