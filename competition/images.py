@@ -186,7 +186,12 @@ def list_test_images(spec: CompetitionSpec, data_dir: Path) -> ImageList:
 
 
 def read_sample_submission(spec: CompetitionSpec, data_dir: Path) -> pd.DataFrame:
-    """The sample submission, every column read as text (ids keep their exact spelling)."""
+    """The sample submission, every column read as text (ids keep their exact spelling).
+
+    Raises:
+        HarnessError: the file or its id column is missing, or an id is empty or repeated
+            (a repeated id would be copied into the CSV: one row too many for Kaggle).
+    """
     path = data_dir / spec.sample_submission
     if not path.is_file():
         raise HarnessError(
@@ -197,6 +202,20 @@ def read_sample_submission(spec: CompetitionSpec, data_dir: Path) -> pd.DataFram
     if spec.id_column not in table.columns:
         raise HarnessError(
             f"{path}: no {spec.id_column!r} column (columns: {', '.join(table.columns)})"
+        )
+    ids = table[spec.id_column]
+    if ids.isna().any():
+        row = int(ids.isna().to_numpy().argmax())
+        raise HarnessError(
+            f"{path}: row {row + 1} has an empty {spec.id_column!r}; "
+            "re-download the sample submission or fix data_dir"
+        )
+    dupes = ids[ids.duplicated()]
+    if len(dupes):
+        raise HarnessError(
+            f"{path}: {len(dupes)} duplicated {spec.id_column!r} value(s) "
+            f"(e.g. {sorted(set(dupes), key=natural_key)[:3]}); each test image needs one row: "
+            "re-download the sample submission or fix data_dir"
         )
     return table
 

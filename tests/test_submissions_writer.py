@@ -92,3 +92,21 @@ def test_multiclass_accuracy_competitions_get_class_names(tmp_path):
     (tmp_path / "bad.csv").write_text("id,species\na,wasp\nb,moth\nc,bee\n")
     with pytest.raises(HarnessError, match="row 2 is 'moth', not a class name"):
         validate_submission(tmp_path / "bad.csv", spec, tmp_path, ("ant", "bee", "wasp"))
+
+
+@pytest.mark.parametrize(
+    "sample, message",
+    [
+        ("id,label\n1,0.5\n2,0.5\n10,0.5\n2,0.5\n11,0.5\n", r"1 duplicated 'id' value\(s\) .*'2'"),
+        ("id,label\n1,0.5\n,0.5\n10,0.5\n11,0.5\n", r"row 2 has an empty 'id'"),
+    ],
+    ids=["duplicated-id", "empty-id"],
+)
+def test_a_sample_with_a_repeated_or_empty_id_is_refused(tmp_path, data_dir, sample, message):
+    """A repeated id used to be copied into the CSV (one row more than images) and validated."""
+    (data_dir / "sample_submission.csv").write_text(sample)
+    proba = np.full((4, 2), 0.5)
+    with pytest.raises(HarnessError, match=message):
+        write_submission(tmp_path / "s.csv", REDUX, data_dir, np.array(["1", "2", "10", "11"]),
+                         proba, ("cat", "dog"), None)
+    assert not (tmp_path / "s.csv").exists()
