@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from competition.atomic import usual_mode
 from competition.errors import HarnessError
 from competition.spec import get_spec
 
@@ -69,6 +70,7 @@ def generate_demo(
     rng = np.random.default_rng(seed)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=data_dir.parent))
+    staging.chmod(usual_mode(directory=True))  # mkdtemp's 0700 would hide the data
     (staging / "train").mkdir()
     (staging / "test").mkdir()
     for label, name in enumerate(CLASSES):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -139,3 +141,24 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_and_the_demo_folder_get_the_usual_mode(tmp_path, umask):
+    """mkstemp/mkdtemp create 0600/0700: the outputs used to be unreadable by teammates."""
+    import h5py
+
+    from competition.atomic import atomic_path
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "report.csv") as tmp:
+            tmp.write_text("id,label\n")
+        with atomic_path(tmp_path / "features.h5") as tmp, h5py.File(tmp, "w") as handle:
+            handle["x"] = [1.0]
+        data = generate_demo(tmp_path / "data", n_train=4, n_test=2)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.csv").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "features.h5").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(data.stat().st_mode) == 0o777 & ~umask
