@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 FILE_MODE = 0o666
 DIR_MODE = 0o777
@@ -42,11 +47,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     succeeds, deleted when it raises (so an error or Ctrl-C leaves the old file as it was).
 
     The temporary name starts with a dot and ends in `.tmp`: never mistaken for the real one.
-    The file gets the mode a plain `open()` would give it (0666 & ~umask), not mkstemp's 0600.
+    It names the writer (`.NAME.HOST-PID.XXXX.tmp`) so that `remove_stale_temps` can delete
+    what a killed writer left behind. The file gets the mode a plain `open()` would give it (0666 & ~umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp",
+                                dir=path.parent)
     try:
         os.fchmod(fd, usual_mode())
     finally:
@@ -57,3 +64,55 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# `.NAME.HOST-PID.XXXX.tmp`; the host keeps a shared folder's other machines' files safe.
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _writer_tag() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files under `folder` (recursively) whose writer is gone.
+
+    A writer killed mid-write (SIGKILL, power loss) cannot clean up its temp file, which may
+    be hundreds of MB (a feature file). Only files written by `atomic_path` on this host by a
+    process that no longer exists are deleted; a live writer's file, another machine's file
+    on a shared folder and any other name are left alone.
+
+    Returns:
+        The deleted paths.
+    """
+    host, removed = _host(), []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.rglob(".*.tmp"):
+        match = _TEMP_NAME.match(path.name)
+        if not match or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        logger.info("removed %s (%d bytes) left by a killed writer (pid %s)", path, size,
+                    match["pid"])
+        removed.append(path)
+    return removed

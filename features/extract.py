@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from competition.atomic import remove_stale_temps
 from competition.config import TTA_MODES, Config
 from competition.errors import HarnessError
 from competition.images import ImageList, list_test_images, list_train_images
@@ -389,6 +390,8 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
     started = time.perf_counter()
     features_dir = Path(features_dir)
     _validate(requests, weights, shard)
+    # A writer killed during the final HDF5 write leaves its (large) temp file behind.
+    remove_stale_temps(features_dir)
     sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
     # Mixed precision only exists on GPUs; decide before fingerprinting so a CPU run's
     # float32 file is not mislabelled (and is reused by later CPU runs).

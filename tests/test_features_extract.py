@@ -301,3 +301,39 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, caplog):
         assert list(a.ids) == list(b.ids)
         assert_close(a.features, b.features)
     assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+
+HALF_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from competition.atomic import atomic_path
+    with atomic_path(Path(sys.argv[2])) as tmp:
+        tmp.write_bytes(b"half a feature file" * 1000)
+        print(tmp, flush=True)
+        time.sleep(600)
+""")
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_run(feat_data, tmp_path):
+    """A SIGKILL during the final HDF5 write used to leave .NAME.h5.XXXX.tmp for ever."""
+    out = tmp_path / "features"
+    script = tmp_path / "half_writer.py"
+    script.write_text(HALF_WRITER)
+    writer = subprocess.Popen([sys.executable, str(script), str(ROOT),
+                               str(feature_path(out, "mobilenet_025"))],
+                              stdout=subprocess.PIPE, text=True)
+    dead = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait(timeout=30)
+    writer.stdout.close()
+    assert dead.is_file() and dead.parent == out
+    from competition.atomic import atomic_path
+
+    with atomic_path(out / "other.h5") as alive:  # a live writer's file stays
+        alive.write_bytes(b"in progress")
+        run(*image_lists(feat_data), out)
+        assert alive.is_file()
+    assert not dead.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name != ".partial") == [
+        "mobilenet_025.h5", "other.h5"]
