@@ -301,7 +301,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         overrides: Command-line values that win over the file: competition, data_dir,
             workspace, weights_dir, weights, backbones, tta, precision, batch_size,
             threads (None values are ignored). Relative
-            paths here are relative to the current folder.
+            paths here are relative to the current folder. A `weights` override replaces
+            the file's weights_dir and weights_for too (the command line wins); together
+            with a `weights_dir` override it is refused.
 
     Raises:
         HarnessError: missing file, TOML syntax error, unknown key or bad value.
@@ -334,6 +336,16 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     data_dir = _path(overrides.get("data_dir"), cwd) or file_data_dir or workspace_root / "data"
 
     features_table = dict(_table(raw.get("features", {}), "features", source))
+    if "weights" in overrides:
+        # --weights is for every backbone: it beats the file's weights_dir and weights_for,
+        # which would otherwise be looked up first and silently win.
+        if "weights_dir" in overrides:
+            raise HarnessError(
+                f"--weights {overrides['weights']} and --weights-dir {overrides['weights_dir']} "
+                "both choose the weights; give one of them"
+            )
+        features_table.pop("weights_dir", None)
+        features_table.pop("weights_for", None)
     for key in ("weights_dir", "backbones", "weights", "tta", "precision", "batch_size",
                 "threads"):
         if key in overrides:

@@ -6,6 +6,8 @@ Order of resolution for one backbone:
    `BackboneSpec.weight_files`), so `../shared/weights` or an offline Kaggle dataset works;
 3. else `[features] weights`: "auto" ("none" for the demo, "imagenet" otherwise),
    "imagenet", "none", or a file path.
+A command-line `--weights` replaces the file's weights_dir and weights_for (see
+`competition.config.load_config`), so the command line always wins.
 
 A file's identity is its sha256, cached by (path, size, mtime) so that an 83 MB file is
 hashed once, not on every run.

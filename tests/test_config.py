@@ -49,6 +49,26 @@ def test_command_line_overrides_win(tmp_path, monkeypatch):
     assert config.features.weights_dir == tmp_path / "w"
 
 
+def test_command_line_weights_beat_the_files_weights_folder(tmp_path):
+    """--weights FILE used to be ignored when the config set weights_dir: its file won."""
+    from features.weights import resolve_weights
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "mobilenet_2_5_224_tf_no_top.h5").write_bytes(b"folder file")
+    mine = tmp_path / "mine.h5"
+    mine.write_bytes(b"my file")
+    path = _write(tmp_path, 'competition = "dogs-vs-cats"\n[features]\nweights_dir = "w"\n'
+                            '[features.weights_for]\nmobilenet_025 = "w/mobilenet_2_5_224_tf_no_top.h5"\n')
+    config = load_config(path, {"weights": str(mine)})
+    assert config.features.weights_dir is None and not config.features.weights_for
+    assert resolve_weights("mobilenet_025", config.features, config.spec).keras_arg == str(mine)
+    assert resolve_weights("mobilenet_025", load_config(path, {"weights": "none"}).features,
+                           config.spec).keras_arg is None
+    with pytest.raises(HarnessError, match=r"--weights none and --weights-dir .* give one"):
+        load_config(path, {"weights": "none", "weights_dir": str(folder)})
+
+
 def test_ensembles_blends_and_feature_sets(tmp_path):
     config = load_config(_write(tmp_path, """
 [features]
