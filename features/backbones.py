@@ -8,11 +8,15 @@ checking whether cached features are still valid never pays TensorFlow's import 
 from __future__ import annotations
 
 import importlib
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from competition.errors import HarnessError
+
+logger = logging.getLogger(__name__)
 
 
 def _lazy(module: str, attr: str) -> Callable:
@@ -67,15 +71,61 @@ class BackboneSpec:
         Args:
             weights: None (random init), "imagenet", or a weights file path.
             input_size: Square input size; default the native one.
+
+        Raises:
+            HarnessError: the file is not this backbone's weights, or the ImageNet weights
+                cannot be downloaded (no internet): one line naming the file and the fix.
         """
         size = input_size or self.input_size
-        return self.constructor(
-            include_top=False,
-            weights=weights,
-            pooling="avg",
-            input_shape=(size, size, 3),
-            **self.constructor_kwargs,
-        )
+        from_file = weights not in (None, "imagenet")
+        try:
+            # A file is loaded here rather than by the constructor (which does the same
+            # `load_weights`), so that only the loading's errors are read as bad weights.
+            model = self.constructor(
+                include_top=False,
+                weights=None if from_file else weights,
+                pooling="avg",
+                input_shape=(size, size, 3),
+                **self.constructor_kwargs,
+            )
+        except Exception as exc:
+            if weights == "imagenet" and _download_failed(exc):
+                raise HarnessError(
+                    f"{self.name}: cannot download the ImageNet weights ({_first_line(exc)}); "
+                    f"offline, give the file: --weights FILE or weights_dir holding "
+                    f"{self.weight_files[0]} (e.g. ../shared/weights), or --weights none"
+                ) from None
+            raise
+        if from_file:
+            try:
+                # Keras warns once per layer before it raises on a mismatched file: the one
+                # line below says it all; a successful load's warnings are passed on.
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    model.load_weights(weights)
+                for warning in caught:
+                    logger.warning("%s: %s", weights, warning.message)
+            except (OSError, ValueError) as exc:
+                raise HarnessError(
+                    f"{weights}: not {self.name}'s weights ({_first_line(exc)}); give "
+                    f"{self.name}'s no-top ImageNet file ({' or '.join(self.weight_files)}), "
+                    "\"imagenet\" or \"none\""
+                ) from None
+        return model
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The start of an exception's message: Keras lists every layer in some of them."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _download_failed(exc: BaseException) -> bool:
+    """Keras' `get_file` raises a bare Exception("URL fetch failure ...") without internet,
+    a ValueError when the downloaded file's hash is wrong; sockets raise OSError."""
+    text = str(exc)
+    return isinstance(exc, OSError) or text.startswith("URL fetch failure") or (
+        "corrupted" in text and "file" in text)
 
 
 BACKBONES: dict[str, BackboneSpec] = {

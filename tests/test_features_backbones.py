@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import h5py
 import numpy as np
@@ -111,3 +112,42 @@ def test_mobilenet_real_weights_load_from_shared_dir():
     with h5py.File(mobilenet_file, "r") as handle:
         stored = handle["conv1/conv1/kernel:0"][()]
     np.testing.assert_array_equal(np.asarray(model.get_layer("conv1").kernel), stored)
+
+
+def _bad_weights_case(case: str, tmp_path) -> tuple[str, dict[str, str], str]:
+    """(--weights value, extra environment, expected message) of one bad-weights case."""
+    if case == "not-hdf5":
+        path = tmp_path / "notes.h5"
+        path.write_text("these are not weights\n")
+        return str(path), {}, rf"error: {path}: not mobilenet_025's weights \(.*file signature"
+    if case == "xception-file":
+        path = shared_dir() / "weights" / "xception_imagenet_notop.weights.h5"
+        if not path.is_file():
+            pytest.skip(f"{path} not found")
+        return str(path), {}, rf"error: {path}: not mobilenet_025's weights \(.*could not be"
+    # No internet, deterministically: every download goes to a closed local port.
+    proxy = "http://127.0.0.1:9"
+    return "imagenet", {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": proxy,
+                        "HTTP_PROXY": proxy, "https_proxy": proxy, "http_proxy": proxy}, (
+        r"error: mobilenet_025: cannot download the ImageNet weights \(URL fetch failure.*"
+        r"--weights FILE or weights_dir holding mobilenet_2_5_224_tf_no_top\.h5")
+
+
+@pytest.mark.parametrize("case", ["not-hdf5", "xception-file", "imagenet-offline"])
+def test_bad_weights_are_one_line_naming_the_file_and_the_fix(tmp_path, case):
+    """These used to end in 43-212 line tracebacks (OSError, ValueError, Exception)."""
+    from competition.demo import generate_demo
+    from tests.cli_runner import mobilenet_toml, run_harness
+
+    value, extra, message = _bad_weights_case(case, tmp_path)
+    (tmp_path / "harness.toml").write_text(
+        mobilenet_toml('competition = "demo"\nworkspace = "ws"', heads={"logreg": ""}))
+    generate_demo(tmp_path / "ws" / "data", n_train=4, n_test=2)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "HARNESS_CACHE_DIR": str(tmp_path / "cache"), **extra}
+    result = run_harness("features", "--weights", value, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.search(message, last), last
+    assert not (tmp_path / "ws" / "features" / "mobilenet_025.h5").exists()
