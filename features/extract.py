@@ -28,6 +28,7 @@ from competition.atomic import remove_stale_temps
 from competition.config import TTA_MODES, Config
 from competition.errors import HarnessError
 from competition.images import ImageList, list_test_images, list_train_images
+from competition.lock import workspace_lock
 from features import parts as part_store
 from features.backbones import BackboneSpec, get_backbone
 from features.decode import DECODER_VERSION, decode_file
@@ -476,7 +477,21 @@ def _reused_result(job: _Job, attrs: dict, images: int) -> FeatureResult:
 def extract_for_config(config: Config, *, force: bool = False,
                        shard: tuple[int, int] | None = None,
                        progress: bool = True) -> ExtractionReport:
-    """Extract the features a configuration asks for (backbones and every ensemble's TTA)."""
+    """Extract the features a configuration asks for (backbones and every ensemble's TTA).
+
+    Holds the workspace's features lock (one per shard) for the whole run, so that a second
+    run on the same workspace is refused in one line instead of losing its partial files to
+    the first one's cleanup.
+    """
+    name = ".harness-features.lock" if shard is None else (
+        f".harness-features-shard-{shard[0]}of{shard[1]}.lock")
+    what = "harness features" + ("" if shard is None else f" --shard {shard[0]}/{shard[1]}")
+    with workspace_lock(config.workspace.root / name, what):
+        return _extract_for_config(config, force=force, shard=shard, progress=progress)
+
+
+def _extract_for_config(config: Config, *, force: bool, shard: tuple[int, int] | None,
+                        progress: bool) -> ExtractionReport:
     train = list_train_images(config.spec, config.data_dir)
     test = list_test_images(config.spec, config.data_dir)
     requests = config.feature_sets()

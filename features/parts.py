@@ -167,8 +167,13 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
 
 
 def discard(folder: Path) -> None:
-    """Remove a partial folder (after its file is complete, or on --force)."""
+    """Remove a partial folder (after its file is complete, or on --force), and the
+    `.partial` folder above it once nothing else is in it."""
     shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:
+        pass  # another backbone's parts are still there
 
 
 def discard_stale(final_path: Path, keep: Path | None = None) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -337,3 +338,73 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_run(feat_data, tmp_pa
     assert not dead.exists()
     assert sorted(p.name for p in out.iterdir() if p.name != ".partial") == [
         "mobilenet_025.h5", "other.h5"]
+
+
+LOCK_HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from competition.lock import workspace_lock
+    with workspace_lock(Path(sys.argv[2]), "a test holding the lock"):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+def _demo_workspace(tmp_path: Path, n_train: int, n_test: int) -> Path:
+    from competition.demo import generate_demo
+    from tests.cli_runner import mobilenet_toml
+
+    (tmp_path / "harness.toml").write_text(
+        mobilenet_toml('competition = "demo"\nworkspace = "ws"', heads={"logreg": ""}))
+    generate_demo(tmp_path / "ws" / "data", n_train=n_train, n_test=n_test)
+    return tmp_path / "ws"
+
+
+def _hold_lock(tmp_path: Path, lock: Path) -> subprocess.Popen:
+    script = tmp_path / "holder.py"
+    script.write_text(LOCK_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(ROOT), str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_features_run_on_a_workspace_is_refused_in_one_line(tmp_path):
+    """Two runs at once: the second used to die in a traceback, leaving an orphan .partial."""
+    from tests.cli_runner import run_harness
+
+    ws = _demo_workspace(tmp_path, n_train=120, n_test=40)
+    lock = ws / ".harness-features.lock"
+    holder = _hold_lock(tmp_path, lock)
+    try:
+        refused = run_harness("-q", "features", cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: the workspace is in use: {lock} is locked by pid {holder.pid} on "
+        f"{socket.gethostname()} (a test holding the lock, since "), lines
+    assert lines[0].endswith("wait for that run to finish (or stop it) and rerun")
+    assert not (ws / "features" / "mobilenet_025.h5").exists()
+
+    # Two real runs at once (the holder above was SIGKILLed: its lock is taken over).
+    first, second = (subprocess.Popen(
+        [sys.executable, "-m", "harness", "-q", "features"], cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+             "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2))
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in (first, second))
+    for process in (first, second):
+        process.stdout.close()
+        process.stderr.close()
+    assert outcomes[0][0] == 0, outcomes[0][1][-3000:]
+    assert outcomes[1][0] in (0, 2), outcomes[1][1][-3000:]
+    for code, err in outcomes:
+        assert "Traceback" not in err
+        if code == 2:
+            assert err.strip().startswith(f"error: the workspace is in use: {lock} is locked by")
+    assert sorted(p.name for p in (ws / "features").iterdir()) == ["mobilenet_025.h5"]
