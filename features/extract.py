@@ -352,13 +352,10 @@ def _run_split(split: str, images: ImageList, jobs: list[_Job], forwards: dict, 
 def _report_bad(job: _Job, bad: dict) -> None:
     for split, table, what in (("train", "skipped", "skipped"),
                                ("test", "failed", "kept as a row of zeros")):
-        pairs = bad.get(split, [])
-        for image_id, reason in pairs[:10]:
+        # Every one is named: a damaged photo silently predicted is worse than a long log.
+        for image_id, reason in bad.get(split, []):
             logger.warning("%s/%s: %s; %s and listed in %s:/%s/%s", split, image_id, reason,
                            what, job.path, split, table)
-        if len(pairs) > 10:
-            logger.warning("... and %d more %s images listed in %s:/%s/%s", len(pairs) - 10,
-                           split, job.path, split, table)
 
 
 def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],

@@ -189,6 +189,8 @@ def test_bad_images_keep_ids_aligned(tmp_path):
         reasons = dict(handle["train/skipped"].asstr()[()])
     assert reasons[f"square.{20 + BAD_KINDS.index('zero_byte')}"] == "empty file (0 bytes)"
     assert "cannot decode" in reasons[f"square.{20 + BAD_KINDS.index('not_an_image')}"]
+    assert reasons[f"square.{20 + BAD_KINDS.index('truncated_half')}"].startswith(
+        "truncated JPEG (image file is truncated")
     # Alignment: each readable image's row equals that image extracted on its own.
     for kind in ("png", "cmyk", "grayscale", "large", "gif"):
         image_id = f"{20 + BAD_KINDS.index(kind)}"
@@ -408,3 +410,24 @@ def test_a_second_features_run_on_a_workspace_is_refused_in_one_line(tmp_path):
         if code == 2:
             assert err.strip().startswith(f"error: the workspace is in use: {lock} is locked by")
     assert sorted(p.name for p in (ws / "features").iterdir()) == ["mobilenet_025.h5"]
+
+
+def test_a_real_photo_cut_to_a_tenth_is_flagged_not_padded_with_grey(tmp_path):
+    """libjpeg used to 'recover' it with grey padding: predicted 0.60, nothing said."""
+    from tests.cli_runner import run_harness
+    from tests.shared_assets import MINI_DATA, shared_dir
+
+    photo = shared_dir() / MINI_DATA / "test" / "1.jpg"
+    ws = _demo_workspace(tmp_path, n_train=8, n_test=4)
+    data = photo.read_bytes()
+    (ws / "data" / "test" / "2.jpg").write_bytes(data[: len(data) // 10])
+    result = run_harness("features", cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                              "HARNESS_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = ws / "features" / "mobilenet_025.h5"
+    assert (f"test/2: truncated JPEG (image file is truncated (0 bytes not processed)); kept as "
+            f"a row of zeros and listed in {path}:/test/failed") in result.stderr
+    assert "0 train skipped, 1 test failed" in result.stderr
+    with h5py.File(path, "r") as handle:
+        assert [row[0] for row in handle["test/failed"].asstr()[()]] == ["2"]
