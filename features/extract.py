@@ -264,11 +264,13 @@ def _dataset(images: ImageList, rows: np.ndarray, sizes: list[int], batch_size: 
     """tf.data: decode each image once (parallel), resize once per size, batch, prefetch."""
     import tensorflow as tf
 
-    paths = [str(images.paths[r]) for r in rows]
+    # Paths travel as bytes: a folder name that is not UTF-8 (a Latin-1 byte) has no
+    # TensorFlow string form, and os.fsdecode gives back exactly the name on disk.
+    paths = [os.fsencode(images.paths[r]) for r in rows]
     min_side = max(sizes)
 
     def load(path: Any) -> tuple:
-        pixels, reason = decode_file(path.numpy().decode("utf-8"), min_side)
+        pixels, reason = decode_file(os.fsdecode(path.numpy()), min_side)
         if pixels is None:
             return np.zeros((1, 1, 3), np.uint8), reason
         return pixels, ""

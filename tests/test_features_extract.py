@@ -431,3 +431,16 @@ def test_a_real_photo_cut_to_a_tenth_is_flagged_not_padded_with_grey(tmp_path):
     assert "0 train skipped, 1 test failed" in result.stderr
     with h5py.File(path, "r") as handle:
         assert [row[0] for row in handle["test/failed"].asstr()[()]] == ["2"]
+
+
+def test_a_data_folder_whose_name_is_not_utf8_works(tmp_path):
+    """A Latin-1 byte in a folder name used to crash inside TensorFlow (no TypeSpec)."""
+    from tests.cli_runner import run_harness
+
+    ws = _demo_workspace(tmp_path, n_train=6, n_test=3)
+    latin = Path(os.fsdecode(bytes(ws) + b"/caf\xe9"))
+    (ws / "data").rename(latin)
+    result = run_harness("features", "--data-dir", os.fsdecode(b"ws/caf\xe9"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "features: 9 images, 0 train skipped, 0 test failed" in result.stderr
+    assert len(load_split(ws / "features" / "mobilenet_025.h5", "test").ids) == 3
