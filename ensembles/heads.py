@@ -112,7 +112,10 @@ def _chunked(X: np.ndarray, predict) -> np.ndarray:
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float64)
 
 
-SCALES = ("none", "standard", "l2")
+SCALES = ("auto", "none", "standard", "l2")
+# "auto" keeps raw features unless their root mean square is below this: ImageNet GAP
+# features are O(0.1-10), a random-init backbone's ~1e-17, where any sensible C fits nothing.
+TINY_FEATURES_RMS = 1e-3
 C_RULES = ("best", "one_se")
 
 
@@ -166,8 +169,9 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
             the training rows only (`inner_folds` x `inner_repeats`, scored by log loss,
             picked by `C_rule`).
         scale: "none" (raw features), "standard" (each column to zero mean and unit
-            variance, statistics from the training rows, stored as `mean_`, `scale_`) or
-            "l2" (each row to unit length).
+            variance, statistics from the training rows, stored as `mean_`, `scale_`),
+            "l2" (each row to unit length) or "auto": raw, unless the features are tiny
+            (random-init backbones), then standard. `scale_used_` says which ran.
         C_rule: "one_se" (the smallest C within one standard error of the best) or "best".
         inner_folds, inner_repeats: The inner CV that chooses C from a grid.
         max_iter, tol: L-BFGS limits.
@@ -179,7 +183,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
     The defaults were chosen by bench/quality.py on genuine photos (see the README).
     """
 
-    def __init__(self, C: float | list[float] = 1.0, scale: str = "none",
+    def __init__(self, C: float | list[float] = 1.0, scale: str = "auto",
                  C_rule: str = "one_se", inner_folds: int = 5, inner_repeats: int = 1,
                  max_iter: int = 1000, tol: float = 1e-4, copy: bool = True, seed: int = 0):
         self.C = C
@@ -194,11 +198,11 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
 
     def _scaled(self, X: np.ndarray, *, own: bool) -> np.ndarray:
         """X scaled as fitted; `own` means X may be changed in place."""
-        if self.scale == "none":
+        if self.scale_used_ == "none":
             return X
         if not own:
             X = X.copy()
-        if self.scale == "standard":
+        if self.scale_used_ == "standard":
             X -= self.mean_
             X /= self.scale_
             return X
@@ -226,7 +230,12 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
             X = X[rows]
         codes = _encode(self, y, len(X))
         self.n_features_in_ = X.shape[1]
-        if self.scale == "standard":
+        self.scale_used_ = self.scale
+        if self.scale == "auto":
+            sample = X[:1024].astype(np.float64)
+            rms = float(np.sqrt(np.mean(sample * sample))) if sample.size else 0.0
+            self.scale_used_ = "standard" if rms < TINY_FEATURES_RMS else "none"
+        if self.scale_used_ == "standard":
             self.mean_, self.scale_ = column_stats(X)
         X = self._scaled(X, own=fresh or (not self.copy and X.flags.writeable))
         grid = [float(c) for c in self.C] if isinstance(self.C, (list, tuple)) else None

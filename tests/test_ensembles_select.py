@@ -25,7 +25,7 @@ from tests.image_files import write_jpeg
 from tests.test_ensembles_heads import blobs
 
 
-@pytest.mark.parametrize("scale", ["none", "standard", "l2"])
+@pytest.mark.parametrize("scale", ["auto", "none", "standard", "l2"])
 def test_logistic_scales_equal_sklearn_on_scaled_features(scale):
     X, y = blobs(n=120, d=10, gap=1.0)
     X = X + 5.0  # columns far from zero: standardising and L2 both change them
@@ -58,7 +58,7 @@ def test_one_se_rule_takes_a_stronger_penalty_within_noise():
 
 @pytest.mark.parametrize("bad, match", [
     ({"C": -1.0}, r"C = -1.0 must be a positive number"),
-    ({"scale": "minmax"}, r"scale = 'minmax' must be one of none, standard, l2"),
+    ({"scale": "minmax"}, r"scale = 'minmax' must be one of auto, none, standard, l2"),
     ({"C_rule": "lowest"}, r"C_rule = 'lowest' must be one of best, one_se"),
 ])
 def test_logistic_head_validates_its_parameters_in_fit(bad, match):
@@ -192,3 +192,14 @@ def test_excluded_ids_leave_fitting_and_change_the_key(tmp_path):
     (tmp_path / "mislabelled.txt").write_text("cat.999\n")
     with pytest.raises(HarnessError, match=r"exclude_ids: 1 id\(s\) are not training ids"):
         run_ensembles(load_config(tmp_path / "harness.toml"), progress=False)
+
+
+def test_auto_scale_keeps_real_features_raw_and_standardises_tiny_ones():
+    X, y = blobs(n=120, d=10, gap=1.0)
+    real = LogisticHead(scale="auto").fit(X + 5.0, y)
+    assert real.scale_used_ == "none"
+    tiny = LogisticHead(scale="auto").fit(X * 1e-17, y)  # a random-init backbone's scale
+    assert tiny.scale_used_ == "standard"
+    assert np.mean(tiny.predict(X * 1e-17) == y) > 0.9
+    assert np.mean(LogisticHead(scale="none").fit(X * 1e-17, y).predict_proba(X * 1e-17)
+                   .max(axis=1)) < 0.51  # raw tiny features: no fit at all
