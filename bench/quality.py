@@ -49,7 +49,7 @@ from competition.config import Config, load_config
 from competition.workspace import Workspace
 from ensembles import cv
 from ensembles.run import configured_ensembles, run_ensembles
-from ensembles.select import RULES, choose_submission
+from ensembles.select import DEFAULT_RULE, RULES, choose_submission
 from features.store import FeatureSplit, feature_path, load_split, write_feature_file
 
 BASELINE = "baseline LogisticRegression()"
@@ -92,9 +92,12 @@ def scratch_workspace(config: Config, splits: dict, fit: np.ndarray, held: np.nd
     return dataclasses.replace(config, workspace=Workspace(root))
 
 
-def held_out_loss(result, labels: np.ndarray) -> float:
-    """Log loss of the result's submitted test predictions (clipped as the CSV would be)."""
-    return cv.log_loss(labels, cv.apply_clip(result.test_proba, result.clip))
+def held_out_loss(result, held_ids: np.ndarray, labels: np.ndarray) -> float:
+    """Log loss of the result's submitted test predictions (clipped as the CSV would be),
+    `labels` aligned with `held_ids`."""
+    position = {key: i for i, key in enumerate(result.test_ids)}
+    proba = result.test_proba[[position[key] for key in held_ids]]
+    return cv.log_loss(labels, cv.apply_clip(proba, result.clip))
 
 
 def baseline_loss(splits: dict, backbones: tuple[str, ...], fit: np.ndarray,
@@ -137,6 +140,7 @@ def main() -> None:
     cv_scores: dict[str, list[float]] = {}
     picks: dict[str, list[str]] = {rule: [] for rule in RULES}
     chosen_scores: dict[str, list[float]] = {rule: [] for rule in RULES}
+    chosen_cv: dict[str, list[float]] = {rule: [] for rule in RULES}
     base_scores: list[float] = []
     rhos: list[float] = []
     splitter = StratifiedShuffleSplit(n_splits=args.splits, train_size=args.fit_share,
@@ -147,29 +151,24 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
             scratch = scratch_workspace(config, splits, fit, held, Path(tmp))
             results = run_ensembles(scratch, progress=False)
-        truth = labels[held]
-        by_name = {}
+        truth, held_ids = labels[held], first.ids[held]
         for result in results:
-            if not np.array_equal(result.test_ids, first.ids[held]):
-                position = {k: i for i, k in enumerate(result.test_ids)}
-                order = [position[k] for k in first.ids[held]]
-                result = dataclasses.replace(result, test_ids=result.test_ids[order],
-                                             test_proba=result.test_proba[order])
-            by_name[result.name] = result
-            held_scores.setdefault(result.name, []).append(held_out_loss(result, truth))
+            held_scores.setdefault(result.name, []).append(
+                held_out_loss(result, held_ids, truth))
             cv_scores.setdefault(result.name, []).append(result.cv_score)
         for rule in RULES:
             pick, _ = choose_submission(results, rule)
             picks[rule].append(pick.name)
-            chosen_scores[rule].append(held_scores[pick.name][-1])
+            chosen_scores[rule].append(held_out_loss(pick, held_ids, truth))
+            chosen_cv[rule].append(pick.cv_score)
         base_scores.append(baseline_loss(splits, config.features.backbones, fit, held,
                                          labels))
         run_names = [r.name for r in results]
         rho = spearmanr([cv_scores[n][-1] for n in run_names],
                         [held_scores[n][-1] for n in run_names]).statistic
         rhos.append(float(rho))
-        print(f"  split {number:2d}/{args.splits}: chosen {picks[RULES[-1]][-1]} "
-              f"{chosen_scores[RULES[-1]][-1]:.4f}, baseline {base_scores[-1]:.4f}, "
+        print(f"  split {number:2d}/{args.splits}: chosen {picks[DEFAULT_RULE][-1]} "
+              f"{chosen_scores[DEFAULT_RULE][-1]:.4f}, baseline {base_scores[-1]:.4f}, "
               f"Spearman {rho:.2f}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
     print()
@@ -187,8 +186,7 @@ def main() -> None:
     for rule in RULES:
         m, se = mean_se(chosen_scores[rule])
         diff_m, diff_se = mean_se(list(np.asarray(chosen_scores[rule]) - base_scores))
-        chosen_cv = [cv_scores[p][i] for i, p in enumerate(picks[rule])]
-        gap = np.mean(np.abs(np.asarray(chosen_cv) - chosen_scores[rule]))
+        gap = np.mean(np.abs(np.asarray(chosen_cv[rule]) - chosen_scores[rule]))
         counts = {p: picks[rule].count(p) for p in dict.fromkeys(picks[rule])}
         print(f"chosen by {rule:24s}: held-out {m:.4f} (se {se:.4f}); vs baseline "
               f"{diff_m:+.4f} (paired se {diff_se:.4f}), ratio {m / np.mean(base_scores):.3f}; "

@@ -13,18 +13,19 @@ share (the hard photos), so it is far tighter than comparing two fold standard d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ensembles.cv import row_log_loss
+from ensembles.cv import accuracy, apply_clip, choose_clip, log_loss, row_log_loss
 from ensembles.results import EnsembleResult
 
 # How many paired standard errors from the best still count as "within noise".
 NOISE_SE = 1.0
-RULES = ("lowest-cv", "within-noise-smoothest")
-DEFAULT_RULE = "within-noise-smoothest"
+RULES = ("lowest-cv", "within-noise-smoothest", "within-noise-mean")
+DEFAULT_RULE = "within-noise-mean"
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,41 @@ def _confidence(result: EnsembleResult) -> float:
     return float(np.mean(np.max(proba, axis=1)))
 
 
+def _reordered(result: EnsembleResult, oof_ids: np.ndarray,
+               test_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`result`'s out-of-fold and test probabilities in the given id orders."""
+    def take(ids, proba, wanted):
+        if np.array_equal(ids, wanted):
+            return proba
+        position = {key: i for i, key in enumerate(ids)}
+        return proba[[position[key] for key in wanted]]
+
+    return (take(result.oof_ids, result.oof_proba, oof_ids),
+            take(result.test_ids, result.test_proba, test_ids))
+
+
+def mean_of(results: Sequence[EnsembleResult], name: str) -> EnsembleResult:
+    """The plain mean of several results' probabilities, scored like a blend; its clip
+    bounds are chosen on its own out-of-fold predictions (when every member clips)."""
+    first = results[0]
+    pairs = [_reordered(r, first.oof_ids, first.test_ids) for r in results]
+    oof = np.mean([o for o, _ in pairs], axis=0)
+    test = np.mean([t for _, t in pairs], axis=0)
+    labels = first.oof_labels
+    clip = None if any(r.clip is None for r in results) else choose_clip(labels, oof)
+    folds = first.folds
+    fold_ll = [log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
+    return dataclasses.replace(
+        first, name=name, kind="blend", head="blend:mean",
+        backbones=tuple(dict.fromkeys(b for r in results for b in r.backbones)),
+        cv_log_loss=log_loss(labels, oof), cv_log_loss_std=float(np.std(fold_ll)),
+        cv_log_loss_clipped=log_loss(labels, apply_clip(oof, clip)),
+        cv_accuracy=accuracy(labels, oof), clip=clip, oof_proba=oof, test_proba=test,
+        test_failed=np.logical_or.reduce([r.test_failed for r in results]),
+        params={"members": [r.name for r in results], "fold_log_loss": fold_ll},
+        histories=[], key="+".join(r.key for r in results), reused=False)
+
+
 def choose_submission(results: Sequence[EnsembleResult],
                       rule: str = DEFAULT_RULE) -> tuple[EnsembleResult, str]:
     """The result to submit, and a sentence saying which rule chose it.
@@ -116,8 +152,11 @@ def choose_submission(results: Sequence[EnsembleResult],
         "lowest-cv": the best CV score (log loss after clipping, or accuracy).
         "within-noise-smoothest": among the results within noise of the best CV score
             (paired standard error, see module doc), the one whose out-of-fold
-            predictions are least confident; it loses least when the test set holds
-            mistakes the training folds did not.
+            predictions are least confident.
+        "within-noise-mean": the mean of every result within noise of the best CV score
+            (named `within-noise-mean`); the best alone when nothing else is. Averaging
+            models the CV cannot tell apart keeps what each gets right and dilutes
+            what one alone gets confidently wrong.
 
     Raises:
         ValueError: no results, or an unknown rule.
@@ -134,6 +173,12 @@ def choose_submission(results: Sequence[EnsembleResult],
         return best, f"best CV score ({best.cv_score:.4f})"
     noise = uncertainties(ranked)
     equals = [r for r in ranked if noise[r.name].within_noise]
+    if rule == "within-noise-mean":
+        if len(equals) == 1:
+            return best, f"best CV score ({best.cv_score:.4f}); nothing else within noise"
+        mean = mean_of(equals, "within-noise-mean")
+        return mean, (f"mean of the {len(equals)} results within noise of the best CV score "
+                      f"({', '.join(r.name for r in equals)}; CV {mean.cv_score:.4f})")
     pick = min(equals, key=lambda r: (_confidence(r), r.name))
     if pick is best:
         return pick, (f"best CV score ({best.cv_score:.4f}); {len(equals) - 1} other(s) "

@@ -203,3 +203,19 @@ def test_auto_scale_keeps_real_features_raw_and_standardises_tiny_ones():
     assert np.mean(tiny.predict(X * 1e-17) == y) > 0.9
     assert np.mean(LogisticHead(scale="none").fit(X * 1e-17, y).predict_proba(X * 1e-17)
                    .max(axis=1)) < 0.51  # raw tiny features: no fit at all
+
+
+def test_within_noise_mean_averages_only_the_results_the_cv_cannot_tell_apart():
+    rng = np.random.default_rng(0)
+    base = rng.exponential(0.05, 400)
+    sharp = _result("sharp", base * 0.995, "high")
+    cautious = _result("cautious", rng.permutation(base), "low")
+    poor = _result("poor", base + 0.2, "low")
+    picked, why = choose_submission([poor, cautious, sharp], "within-noise-mean")
+    assert picked.name == "within-noise-mean" and "cautious" in why and "poor" not in why
+    assert picked.params["members"] == ["sharp", "cautious"]
+    np.testing.assert_allclose(picked.test_proba, (sharp.test_proba + cautious.test_proba) / 2)
+    np.testing.assert_allclose(picked.oof_proba, (sharp.oof_proba + cautious.oof_proba) / 2)
+    assert picked.cv_log_loss == pytest.approx(log_loss(picked.oof_labels, picked.oof_proba))
+    alone, why = choose_submission([sharp, poor], "within-noise-mean")
+    assert alone is sharp and "nothing else within noise" in why
