@@ -573,7 +573,9 @@ def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str
             raise HarnessError(f"ensemble {ensemble!r}: unknown parameter {key!r} for head "
                                f"{head!r}; known: {', '.join(known)}")
     check_params(head, own, where=f"ensemble {ensemble!r}")
-    if head == "dropout" and own.get("early_stopping") and not own.get("validation_split"):
+    defaults = HEAD_CLASSES[head]().get_params()
+    if head == "dropout" and own.get("early_stopping", defaults["early_stopping"]) \
+            and not own.get("validation_split", defaults["validation_split"]):
         raise HarnessError(f"ensemble {ensemble!r}: early_stopping needs a validation_split "
                            "(e.g. 0.1) to watch; set one or early_stopping = 0")
     return own

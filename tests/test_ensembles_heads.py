@@ -210,3 +210,9 @@ def test_c_grid_on_too_few_rows_per_class_falls_back_to_the_middle_c(caplog):
     head = LogisticHead(C=[0.1, 1.0, 10.0]).fit(X, y)
     assert head.C_ == 1.0 and "too few rows per class" in caplog.text
     assert head.predict_proba(X).shape == (5, 3)
+
+
+def test_early_stopping_alone_watches_the_default_validation_split():
+    assert make_head("dropout", {"early_stopping": 10}, ensemble="x").validation_split > 0
+    with pytest.raises(HarnessError, match="early_stopping needs a validation_split"):
+        make_head("dropout", {"validation_split": 0.0}, ensemble="x")
