@@ -27,7 +27,7 @@ def check_blend_params(name: str, method: str, params: dict[str, Any]) -> None:
     """Raises HarnessError for unknown or bad parameters of blend `name`."""
     known = BLEND_PARAMS.get(method, {})
     for key, value in params.items():
-        if key == "clip":  # consumed by the run stage, like an ensemble's clip
+        if key in ("clip", "clip_prior"):  # consumed by the run stage, as for ensembles
             continue
         if key not in known:
             raise HarnessError(f"blend {name!r}: unknown parameter {key!r} for method "

@@ -289,6 +289,39 @@ def configured_ensembles(config: Config) -> dict[str, EnsembleConfig]:
     return {name: resolve_preset(e) for name, e in source.items()}
 
 
+def check_ensembles(config: Config, names: Sequence[str] | None = None) -> None:
+    """Check every ensemble and blend the run would need, without reading any feature.
+
+    Called before extraction (`harness features`, `submit`), so a typo in a name, a head
+    parameter, a blend method or a clip setting costs seconds, not an extraction.
+
+    Raises:
+        HarnessError: unknown names (ensembles, blends, members, backbones, presets),
+            blend cycles, unknown or bad parameters.
+    """
+    ensembles = configured_ensembles(config)
+    blends = dict(config.blends)
+    wanted_e, wanted_b = _closure(list(names) if names else list(ensembles) + list(blends),
+                                  ensembles, blends)
+    _blend_order(blends, ensembles, wanted_b)
+    for name in wanted_e:
+        ens = ensembles[name]
+        for backbone in ens.backbones:
+            try:
+                get_backbone(backbone)
+            except HarnessError as exc:
+                raise HarnessError(f"ensemble {name!r}: {exc}") from None
+        head_params(ens.head, ens.params, ensemble=name)
+        _clip_policy(config, ens.params, name)
+        _clip_prior(ens.params, f"ensemble {name!r}")
+        _calibration(ens.params, f"ensemble {name!r}")
+    for name in wanted_b:
+        spec = blends[name]
+        check_blend_params(name, spec.method, spec.params)
+        _clip_policy(config, spec.params, name)
+        _clip_prior(spec.params, f"blend {name!r}")
+
+
 def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: bool = False,
                   progress: bool = True) -> list[EnsembleResult]:
     """Cross-validate the configured ensembles and blends; save and report them.

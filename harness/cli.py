@@ -231,8 +231,13 @@ def cmd_download(config: Config, args: argparse.Namespace) -> None:
 
 
 def run_features(config: Config, args: argparse.Namespace) -> object:
-    """Extract (or reuse) every feature set the configuration needs."""
+    """Extract (or reuse) every feature set the configuration needs, after checking every
+    ensemble and blend (and `--ensemble NAME`), so a typo fails before hours of work."""
     from competition.images import check_sample_submission, list_test_images
+    from ensembles.run import check_ensembles
+
+    wanted = getattr(args, "ensemble", None)
+    check_ensembles(config, [wanted] if wanted else None)
 
     ensure_data(config)
     check_sample_submission(config.spec, config.data_dir,

@@ -86,3 +86,29 @@ def test_half_unpacked_download_is_not_used(tmp_path):
                      "features", cwd=tmp_path)
     assert result.returncode == 2
     assert "not completely unpacked" in result.stderr and "harness download" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "toml, extra, message",
+    [
+        ("[ensembles.x]\nbackbones = ['mobilenet_025']\nhead = 'logreg'\nCC = 1\n", [],
+         "ensemble 'x': unknown parameter 'CC' for head 'logreg'"),
+        ("[ensembles.x]\nbackbones = ['mobilenet_025']\nhead = 'dropout'\nepochs = 0\n", [],
+         "ensemble 'x': epochs = 0 must be a positive integer"),
+        (("[blends.b]\nmembers = ['x', 'nope']\n[ensembles.x]\nbackbones = ['mobilenet_025']\n"
+          "head = 'logreg'\n"), [], "blend 'b': unknown member 'nope'"),
+        ("[ensembles.x]\nbackbones = ['mobilenet_025']\nhead = 'logreg'\n", ["--ensemble", "y"],
+         "unknown ensemble or blend 'y'; known: x"),
+    ],
+    ids=["head-param-typo", "bad-value", "unknown-blend-member", "unknown-ensemble-option"],
+)
+def test_ensemble_mistakes_fail_before_any_extraction(tmp_path, toml, extra, message):
+    write_competition(tmp_path / "data", n_per_class=2, n_test=2)
+    head = ("competition = 'dogs-vs-cats-redux-kernels-edition'\ndata_dir = 'data'\n"
+            "workspace = 'ws'\n[features]\nbackbones = ['mobilenet_025']\nweights = 'none'\n")
+    (tmp_path / "harness.toml").write_text(head + toml)
+    result = harness("submit", *extra, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert message in result.stderr
+    assert not (tmp_path / "ws" / "features").exists()  # nothing was extracted
