@@ -423,6 +423,8 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
     if todo:
         from features import runtime as runtime_module
 
+        runtime_module.import_tensorflow_quietly(
+            verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
         runtime = runtime_module.configure(batch_size, threads, precision)
         forwards = {}
         build_started = time.perf_counter()

@@ -151,32 +151,11 @@ class _Timer:
 
 
 def _import_tensorflow(args: argparse.Namespace) -> None:
-    """Import TensorFlow, with its native start-up chatter captured unless --verbose.
+    """Import TensorFlow quietly (see features.runtime.import_tensorflow_quietly).
+    Called after the cheap input checks, so that bad input fails fast."""
+    from features.runtime import import_tensorflow_quietly
 
-    TensorFlow's C++ start-up lines (oneDNN notice, CUDA stubs, cuInit on CPU machines)
-    ignore TF_CPP_MIN_LOG_LEVEL; they are shown again only if the import fails. Called
-    after the cheap input checks, so that bad input fails fast.
-    """
-    import tempfile
-
-    if args.verbose or "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    import_tensorflow_quietly(verbose=args.verbose)
 
 
 # --- verbs -----------------------------------------------------------------------------
@@ -250,7 +229,8 @@ def run_features(config: Config, args: argparse.Namespace) -> object:
     for backbone, _ in config.feature_sets():
         get_backbone(backbone)
         resolve_weights(backbone, config.features, config.spec)
-    _import_tensorflow(args)
+    # TensorFlow is imported by the extraction itself, and only when something is left to
+    # compute: reusing cached files takes well under a second.
     from features.extract import extract_for_config, merge_shards
 
     merge = getattr(args, "merge", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from competition.demo import generate_demo
+from tests.cli_runner import REPO as ROOT
 from tests.cli_runner import mobilenet_toml, run_harness
 from tests.image_files import write_jpeg
 
@@ -114,3 +116,29 @@ def test_shards_from_the_command_line_merge_into_the_full_file(tmp_path):
     assert again.returncode == 0 and "mobilenet_025 reused" in again.stderr, again.stderr[-3000:]
     wrong = harness("features", "--shard", "3/2", cwd=tmp_path)
     assert wrong.returncode == 2 and "need 1 <= i <= n" in wrong.stderr
+
+
+IMPORTS_AFTER = """
+import sys
+from harness.cli import main
+code = main(sys.argv[1:])
+print("tensorflow imported:", "tensorflow" in sys.modules, "exit", code)
+"""
+
+
+@pytest.mark.slow
+def test_reusing_cached_features_never_imports_tensorflow(tmp_path):
+    (tmp_path / "harness.toml").write_text(CONFIG)
+    generate_demo(tmp_path / "ws" / "data", n_train=20, n_test=6)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def features() -> str:
+        done = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, "features"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    assert "tensorflow imported: True exit 0" in features()   # extraction needs it
+    assert "tensorflow imported: False exit 0" in features()  # reuse does not
