@@ -105,7 +105,7 @@ def test_make_head_validates_params():
     with pytest.raises(HarnessError, match="ensemble 'x': C = -1 must be a positive"):
         make_head("logreg", {"C": -1}, ensemble="x")
     with pytest.raises(HarnessError, match="early_stopping needs a validation_split"):
-        make_head("dropout", {"early_stopping": 2}, ensemble="x")
+        make_head("dropout", {"early_stopping": 2, "validation_split": 0.0}, ensemble="x")
     with pytest.raises(HarnessError, match="unknown head 'svm'"):
         make_head("svm", {}, ensemble="x")
 
