@@ -25,7 +25,7 @@ from ensembles.results import EnsembleResult
 # How many paired standard errors from the best still count as "within noise".
 NOISE_SE = 1.0
 RULES = ("lowest-cv", "within-noise-smoothest", "within-noise-mean")
-DEFAULT_RULE = "within-noise-mean"
+DEFAULT_RULE = "within-noise-smoothest"
 
 
 @dataclass(frozen=True)
