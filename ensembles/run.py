@@ -289,11 +289,18 @@ def configured_ensembles(config: Config) -> dict[str, EnsembleConfig]:
     return {name: resolve_preset(e) for name, e in source.items()}
 
 
-def check_ensembles(config: Config, names: Sequence[str] | None = None) -> None:
+def check_ensembles(config: Config, names: Sequence[str] | None = None
+                    ) -> tuple[dict[str, EnsembleConfig], dict[str, BlendConfig], list[str],
+                               list[str]]:
     """Check every ensemble and blend the run would need, without reading any feature.
 
     Called before extraction (`harness features`, `submit`), so a typo in a name, a head
-    parameter, a blend method or a clip setting costs seconds, not an extraction.
+    parameter, a blend method or a clip setting costs seconds, not an extraction, and by
+    `run_ensembles` itself.
+
+    Returns:
+        (ensembles with presets resolved, blends, the wanted ensembles' names, the wanted
+        blends' names in dependency order).
 
     Raises:
         HarnessError: unknown names (ensembles, blends, members, backbones, presets),
@@ -303,11 +310,13 @@ def check_ensembles(config: Config, names: Sequence[str] | None = None) -> None:
     blends = dict(config.blends)
     wanted_e, wanted_b = _closure(list(names) if names else list(ensembles) + list(blends),
                                   ensembles, blends)
-    _blend_order(blends, ensembles, wanted_b)
+    order_b = _blend_order(blends, ensembles, wanted_b)
     for name in wanted_e:
         ens = ensembles[name]
         for backbone in ens.backbones:
-            try:
+            if backbone in config.features.backbones:
+                continue  # selected: the features stage knows it (or says it does not)
+            try:  # an unknown name is a typo, not merely "not selected"
                 get_backbone(backbone)
             except HarnessError as exc:
                 raise HarnessError(f"ensemble {name!r}: {exc}") from None
@@ -320,6 +329,7 @@ def check_ensembles(config: Config, names: Sequence[str] | None = None) -> None:
         check_blend_params(name, spec.method, spec.params)
         _clip_policy(config, spec.params, name)
         _clip_prior(spec.params, f"blend {name!r}")
+    return ensembles, blends, wanted_e, order_b
 
 
 def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: bool = False,
@@ -345,19 +355,8 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
         HarnessError: bad parameters, unknown names, blend cycles, missing features,
             mismatched ids, a single-class training set, or nothing left to run.
     """
-    ensembles = configured_ensembles(config)
-    blends = dict(config.blends)
-    wanted_e, wanted_b = _closure(list(names) if names else list(ensembles) + list(blends),
-                                  ensembles, blends)
-    order_b = _blend_order(blends, ensembles, wanted_b)
+    ensembles, blends, wanted_e, order_b = check_ensembles(config, names)
     available = set(config.features.backbones)
-    for name in wanted_e:
-        for backbone in ensembles[name].backbones:
-            if backbone not in available:
-                try:  # an unknown name is a typo, not merely "not selected"
-                    get_backbone(backbone)
-                except HarnessError as exc:
-                    raise HarnessError(f"ensemble {name!r}: {exc}") from None
     skipped: set[str] = set()
     for name in wanted_e:
         missing = [b for b in ensembles[name].backbones if b not in available]
@@ -377,7 +376,7 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
             f"{', '.join(sorted(skipped)) or 'none configured'} need others; add backbones "
             "or define an ensemble over these")
 
-    # Validate everything and compute the keys before fitting anything.
+    # Compute the keys (everything was checked above) before fitting anything.
     keys: dict[str, str] = {}
     policies: dict[str, Any] = {}
     folds_id = {"folds": config.cv.folds, "seed": config.cv.seed,
@@ -398,12 +397,11 @@ def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: 
                              **run_options})
     for name in run_b:
         spec = blends[name]
-        check_blend_params(name, spec.method, spec.params)
         policies[name] = _clip_policy(config, spec.params, name)
-        _clip_prior(spec.params, f"blend {name!r}")
         keys[name] = digest({"v": ALGORITHM_VERSION, "method": spec.method,
                              "params": spec.params, "members": [keys[m] for m in spec.members],
-                             "clip": policies[name], "metric": config.spec.metric})
+                             "clip": policies[name], "metric": config.spec.metric,
+                             "clip_prior": _clip_prior(spec.params, f"blend {name!r}")})
 
     out_dir = config.workspace.ensembles_dir
     results: dict[str, EnsembleResult] = {}
