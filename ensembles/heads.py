@@ -144,6 +144,8 @@ def choose_C(X: np.ndarray, codes: np.ndarray, grid: list[float], *, folds: int,
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import RepeatedStratifiedKFold
 
+    from ensembles.cv import log_loss  # here: ensembles.cv imports this module
+
     grid = sorted(grid)
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     losses = np.zeros((folds * repeats, len(grid)))
@@ -153,8 +155,7 @@ def choose_C(X: np.ndarray, codes: np.ndarray, grid: list[float], *, folds: int,
         for c, C in enumerate(grid):
             model.set_params(C=C)
             model.fit(X[train], codes[train])
-            proba = np.clip(model.predict_proba(X[held]), 1e-15, 1.0)
-            losses[f, c] = -np.mean(np.log(proba[np.arange(len(held)), codes[held]]))
+            losses[f, c] = log_loss(codes[held], model.predict_proba(X[held]))
     mean = losses.mean(axis=0)
     se = losses.std(axis=0, ddof=1) / np.sqrt(len(losses))
     best = int(np.argmin(mean))

@@ -49,9 +49,7 @@ class Uncertainty:
 
 def _row_losses(result: EnsembleResult) -> np.ndarray:
     """Per-row out-of-fold loss of the submitted probabilities (clipped as submitted)."""
-    proba = result.oof_proba
-    if result.clip is not None:
-        proba = np.clip(proba, result.clip[0], result.clip[1])
+    proba = apply_clip(result.oof_proba, result.clip)
     if result.metric == "accuracy":
         return (np.argmax(proba, axis=1) != result.oof_labels).astype(np.float64)
     return row_log_loss(result.oof_labels, proba)
@@ -85,7 +83,7 @@ def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
     best = min(means, key=means.get) if means else None
     out = {}
     for result in results:
-        folds = result.params.get("fold_scores") or result.params.get("fold_log_loss") or []
+        folds = result.params.get("fold_log_loss") or []
         fold_std = float(np.std(folds)) if len(folds) else float("nan")
         if result.name not in losses:
             out[result.name] = Uncertainty(fold_std, float("nan"), float("nan"),
@@ -101,12 +99,9 @@ def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
 
 
 def _confidence(result: EnsembleResult) -> float:
-    """Mean out-of-fold distance from certainty, |p - 0.5| summed over classes' excess:
-    the lower, the less the model bets. Used to prefer the most cautious of equals."""
-    proba = result.oof_proba
-    if result.clip is not None:
-        proba = np.clip(proba, result.clip[0], result.clip[1])
-    return float(np.mean(np.max(proba, axis=1)))
+    """Mean out-of-fold probability of the predicted class (clipped as submitted): the
+    lower, the less the model bets. Used to prefer the most cautious of equals."""
+    return float(np.mean(np.max(apply_clip(result.oof_proba, result.clip), axis=1)))
 
 
 def _reordered(result: EnsembleResult, oof_ids: np.ndarray,
