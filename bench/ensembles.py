@@ -12,7 +12,7 @@ importing keras and scikit-learn, before anything is read. The ratio is
 (peak - base) / (bytes of the train feature matrix), so the matrix itself counts 1.0 and
 the target (<= 2.5) leaves 1.5 matrices for fold copies, test matrix and TensorFlow.
 
-    flock /tmp/cpu.lock python bench/ensembles.py --rows 25000
+    python bench/ensembles.py --rows 25000     # alone on the machine: it times itself
 """
 
 from __future__ import annotations
