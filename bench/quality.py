@@ -45,8 +45,8 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedShuffleSplit
 
+from base.workspace import Workspace
 from competition.config import Config, load_config
-from competition.workspace import Workspace
 from ensembles import cv
 from ensembles.run import configured_ensembles, run_ensembles
 from ensembles.select import DEFAULT_RULE, RULES, choose_submission

@@ -19,8 +19,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from competition.atomic import atomic_path
-from competition.errors import HarnessError
+from base.atomic import atomic_path
+from base.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 

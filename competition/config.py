@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
+from base.workspace import Workspace
 from competition.spec import CATALOG, CompetitionSpec, get_spec
-from competition.workspace import Workspace
 
 DEFAULT_CONFIG = Path("harness.toml")
 DEFAULT_BACKBONES = ("resnet50", "inception_v3", "xception")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from competition.atomic import usual_mode
-from competition.errors import HarnessError
+from base.atomic import usual_mode
+from base.errors import HarnessError
 from competition.spec import get_spec
 
 logger = logging.getLogger(__name__)

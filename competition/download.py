@@ -14,16 +14,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from competition.archives import extract_nested, safe_extract
-from competition.atomic import atomic_path
-from competition.errors import HarnessError
-from competition.kaggle_api import (
+from base.atomic import atomic_path
+from base.errors import HarnessError
+from base.kaggle_client import (
     DEFAULT_RETRY,
     RetryPolicy,
     call_with_retry,
     kaggle_session,
     local_only_error,
 )
+from competition.archives import extract_nested, safe_extract
 from competition.spec import CompetitionSpec
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from competition.spec import CompetitionSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 
 TASKS = ("binary", "multiclass")
 METRICS = ("log_loss", "accuracy")

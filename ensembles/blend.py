@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from ensembles.cv import EPS, log_loss
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.atomic import atomic_path
+from base.atomic import atomic_path
 from ensembles.cv import row_log_loss
 from ensembles.results import EnsembleResult
 

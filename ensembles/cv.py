@@ -18,7 +18,7 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from competition.images import natural_key
 from ensembles.heads import chunk_rows
 

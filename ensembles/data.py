@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from features.store import feature_path, load_split, read_attrs
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from base.errors import HarnessError
 from competition.config import EnsembleConfig
-from competition.errors import HarnessError
 
 SEED_BACKBONES = ("resnet50", "inception_v3", "xception")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.atomic import atomic_path
+from base.atomic import atomic_path
 from ensembles.contact_sheet import write_contact_sheet
 from ensembles.results import EnsembleResult
 from ensembles.select import uncertainties

@@ -24,8 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from competition.atomic import atomic_path
-from competition.errors import HarnessError
+from base.atomic import atomic_path
+from base.errors import HarnessError
 
 STRING = h5py.string_dtype()
 

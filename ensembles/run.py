@@ -26,8 +26,8 @@ import numpy as np
 from sklearn.base import clone
 from tqdm import tqdm
 
+from base.errors import HarnessError
 from competition.config import BlendConfig, Config, EnsembleConfig, parse_clip
-from competition.errors import HarnessError
 from competition.images import list_train_images
 from ensembles import cv
 from ensembles.blend import blend, check_blend_params

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from competition.atomic import remove_stale_temps
+from base.atomic import remove_stale_temps
+from base.errors import HarnessError
+from base.lock import workspace_lock
 from competition.config import TTA_MODES, Config
-from competition.errors import HarnessError
 from competition.images import ImageList, list_test_images, list_train_images
-from competition.lock import workspace_lock
 from features import parts as part_store
 from features.backbones import BackboneSpec, get_backbone
 from features.decode import DECODER_VERSION, decode_file

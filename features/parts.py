@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from competition.atomic import atomic_path
+from base.atomic import atomic_path
 from competition.images import ImageList
 from features.store import STRING
 

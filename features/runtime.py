@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from base.errors import HarnessError
 from competition.config import PRECISIONS
-from competition.errors import HarnessError
 from features.fold import fold_batch_norm
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from competition.atomic import atomic_path
-from competition.errors import HarnessError
+from base.atomic import atomic_path
+from base.errors import HarnessError
 from competition.images import ImageList, natural_key
 from features.fingerprint import ids_digest
 from features.store import STRING, feature_path

@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 
 STRING = h5py.string_dtype()
 

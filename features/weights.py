@@ -15,24 +15,18 @@ hashed once, not on every run.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from competition.atomic import atomic_path
+from base.errors import HarnessError
+from base.hashing import cached_file_sha256
 from competition.config import FeaturesConfig
-from competition.errors import HarnessError
-from competition.hashing import file_sha256 as uncached_sha256
 from competition.spec import CompetitionSpec
 from features.backbones import get_backbone
 
 logger = logging.getLogger(__name__)
-
-_MEMORY_CACHE: dict[tuple[str, int, int], str] = {}
-
 
 @dataclass(frozen=True)
 class WeightsChoice:
@@ -45,42 +39,6 @@ class WeightsChoice:
 
     keras_arg: str | None
     identity: str
-
-
-def _cache_file() -> Path:
-    root = os.environ.get("HARNESS_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    base = Path(root) if root else Path.home() / ".cache"
-    if not os.environ.get("HARNESS_CACHE_DIR"):
-        base = base / "kaggle-image-harness"
-    return base / "sha256.json"
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of `path`, cached on disk by (resolved path, size, mtime_ns)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key in _MEMORY_CACHE:
-        return _MEMORY_CACHE[key]
-    cache_path = _cache_file()
-    text_key = f"{key[0]}|{key[1]}|{key[2]}"
-    try:
-        disk = json.loads(cache_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        disk = {}
-    if text_key in disk:
-        _MEMORY_CACHE[key] = disk[text_key]
-        return disk[text_key]
-    value = uncached_sha256(path)
-    _MEMORY_CACHE[key] = value
-    disk[text_key] = value
-    # The cache is an optimisation: failing to write it must never fail a run.
-    try:
-        with atomic_path(cache_path) as tmp:
-            tmp.write_text(json.dumps(disk), encoding="utf-8")
-    except OSError as exc:
-        logger.debug("could not write the sha256 cache %s: %s", cache_path, exc)
-    return value
 
 
 def keras_version() -> str:
@@ -103,7 +61,7 @@ def _from_value(value: str, backbone: str, what: str) -> WeightsChoice:
             f"{what}: weights file {path} for {backbone} does not exist; give an existing "
             "file, \"imagenet\", \"none\", or set weights_dir to a folder holding it"
         )
-    return WeightsChoice(str(path.resolve()), f"sha256:{file_sha256(path)}")
+    return WeightsChoice(str(path.resolve()), f"sha256:{cached_file_sha256(path)}")
 
 
 def find_in_dir(backbone: str, weights_dir: Path) -> Path:
@@ -142,7 +100,7 @@ def resolve_weights(backbone: str, features: FeaturesConfig,
                            f"[features.weights_for] {backbone}")
     if features.weights_dir is not None:
         path = find_in_dir(backbone, features.weights_dir)
-        return WeightsChoice(str(path.resolve()), f"sha256:{file_sha256(path)}")
+        return WeightsChoice(str(path.resolve()), f"sha256:{cached_file_sha256(path)}")
     value = features.weights
     if value.strip().lower() == "auto":
         value = "none" if spec.slug == "demo" else "imagenet"

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
+from base.errors import HarnessError
+from base.logs import configure_logging
 from competition.config import PRECISIONS, Config, load_config
-from competition.errors import HarnessError
 
 logger = logging.getLogger("harness")
 
@@ -107,13 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("leaderboard", "fetch your scores and compare them with CV scores")
     return parser
-
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -357,13 +350,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `harness` console script; returns the exit status."""
-    # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
-    if args.quiet:
-        # Every tqdm bar, the kaggle client's included, reads this (tqdm >= 4.66).
-        os.environ["TQDM_DISABLE"] = "1"
+    configure_logging(args.verbose, args.quiet)
     try:
         COMMANDS[args.verb](_load(args), args)
     except HarnessError as exc:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition.atomic import atomic_path
-from competition.errors import HarnessError
-from competition.kaggle_api import DEFAULT_RETRY, RetryPolicy, kaggle_session, local_only_error
+from base.atomic import atomic_path
+from base.errors import HarnessError
+from base.kaggle_client import DEFAULT_RETRY, RetryPolicy, kaggle_session, local_only_error
 from competition.spec import CompetitionSpec
 from submissions.ledger import Ledger, LedgerRow
 from submissions.remote import (

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from competition.kaggle_api import RetryPolicy, call_with_retry, classify
+from base.kaggle_client import RetryPolicy, call_with_retry, classify
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from competition.errors import HarnessError
-from competition.hashing import file_sha256
-from competition.kaggle_api import (
+from base.errors import HarnessError
+from base.hashing import file_sha256
+from base.kaggle_client import (
     DEFAULT_RETRY,
     KaggleFailure,
     RetryPolicy,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.atomic import atomic_path
-from competition.errors import HarnessError
+from base.atomic import atomic_path
+from base.errors import HarnessError
 from competition.images import read_sample_submission
 from competition.spec import CompetitionSpec
 

@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from base.errors import HarnessError
+from base.kaggle_client import RetryPolicy
 from competition.download import download_competition
-from competition.errors import HarnessError
-from competition.kaggle_api import RetryPolicy
 from competition.spec import get_spec
 from submissions.leaderboard import format_leaderboard, refresh_leaderboard
 from submissions.upload import upload_submission

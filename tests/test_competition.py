@@ -9,8 +9,8 @@ import stat
 import numpy as np
 import pytest
 
+from base.errors import HarnessError
 from competition.demo import generate_demo
-from competition.errors import HarnessError
 from competition.images import (
     check_sample_submission,
     list_test_images,
@@ -130,7 +130,7 @@ def test_demo_refuses_to_overwrite_foreign_files(tmp_path):
 
 
 def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
-    from competition.atomic import atomic_path
+    from base.atomic import atomic_path
 
     target = tmp_path / "out.csv"
     target.write_text("old")
@@ -148,7 +148,7 @@ def test_written_files_and_the_demo_folder_get_the_usual_mode(tmp_path, umask):
     """mkstemp/mkdtemp create 0600/0700: the outputs used to be unreadable by teammates."""
     import h5py
 
-    from competition.atomic import atomic_path
+    from base.atomic import atomic_path
 
     old = os.umask(umask)
     try:

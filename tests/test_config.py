@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from base.errors import HarnessError
 from competition.config import load_config
-from competition.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from ensembles.heads import DropoutHead, LogisticHead, column_stats, make_head
 
 

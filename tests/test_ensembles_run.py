@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from ensembles import cv
 from ensembles.data import load_matrix
 from ensembles.results import load_result, result_path

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
+from base.errors import HarnessError
 from competition.config import load_config
-from competition.errors import HarnessError
 from ensembles.calibrate import apply_temperature, calibrate, fit_temperature
 from ensembles.contact_sheet import costliest_rows, write_contact_sheet
 from ensembles.cv import CLIP_GRID, choose_clip, log_loss, make_folds

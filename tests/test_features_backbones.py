@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
+from base.errors import HarnessError
 from competition.config import FeaturesConfig
-from competition.errors import HarnessError
 from competition.spec import get_spec
 from features.backbones import BACKBONES, get_backbone
 from features.weights import resolve_weights

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from features.extract import extract_features, merge_shards
 from features.store import feature_path, load_split, read_attrs
 from features.weights import WeightsChoice
@@ -310,7 +310,7 @@ HALF_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from competition.atomic import atomic_path
+    from base.atomic import atomic_path
     with atomic_path(Path(sys.argv[2])) as tmp:
         tmp.write_bytes(b"half a feature file" * 1000)
         print(tmp, flush=True)
@@ -331,7 +331,7 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_run(feat_data, tmp_pa
     writer.wait(timeout=30)
     writer.stdout.close()
     assert dead.is_file() and dead.parent == out
-    from competition.atomic import atomic_path
+    from base.atomic import atomic_path
 
     with atomic_path(out / "other.h5") as alive:  # a live writer's file stays
         alive.write_bytes(b"in progress")
@@ -346,7 +346,7 @@ LOCK_HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from competition.lock import workspace_lock
+    from base.lock import workspace_lock
     with workspace_lock(Path(sys.argv[2]), "a test holding the lock"):
         print("locked", flush=True)
         time.sleep(600)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from base.errors import HarnessError
+from base.kaggle_client import RetryPolicy
 from competition.download import COMPLETION_RECORD, download_competition, safe_extract
-from competition.errors import HarnessError
-from competition.kaggle_api import RetryPolicy
 from competition.spec import get_spec
 from submissions.leaderboard import format_leaderboard, refresh_leaderboard
 from submissions.ledger import Ledger
@@ -666,7 +666,7 @@ def test_interrupted_upload_leaves_pending_row(fake, workspace):
 
 
 def test_listings_follow_every_page(fake, workspace):
-    from competition.kaggle_api import DEFAULT_RETRY, kaggle_session
+    from base.kaggle_client import DEFAULT_RETRY, kaggle_session
     from submissions.remote import leaderboard_rows, list_submissions
 
     _data(workspace)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 from competition.spec import get_spec
 from submissions.writer import submission_path, validate_submission, write_submission
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from competition.atomic import usual_mode
-from competition.errors import HarnessError
+from base.atomic import usual_mode
+from base.errors import HarnessError
 
 
 @contextmanager

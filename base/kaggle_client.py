@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from competition.errors import HarnessError
+from base.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
