@@ -45,35 +45,29 @@ head = "dropout"
 
 
 def write_features(features_dir: Path, rows: int, test_rows: int, seed: int = 0) -> None:
-    """Synthetic GAP-like features: class means in a low-rank subspace plus noise."""
-    import h5py
+    """Synthetic GAP-like features: class means in a low-rank subspace plus noise, streamed
+    through the feature store's writer in blocks (memory flat in `rows`)."""
     import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from features.store import feature_file_writer
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, rows)
     test_labels = rng.integers(0, 2, test_rows)
-    string = h5py.string_dtype()
-    features_dir.mkdir(parents=True, exist_ok=True)
     for name, width in BACKBONES.items():
         direction = rng.normal(0, 0.03, width).astype(np.float32)
-        with h5py.File(features_dir / f"{name}.h5", "w") as f:
+        attrs = {"backbone": name, "feature_dim": width, "weights": "synthetic", "tta": "none",
+                 "classes": json.dumps(["circle", "square"]), "fingerprint": f"bench-{rows}"}
+        with feature_file_writer(features_dir / f"{name}.h5", attrs) as writer:
             for split, n, y in (("train", rows, labels), ("test", test_rows, test_labels)):
-                group = f.create_group(split)
-                data = group.create_dataset("features", (n, width), dtype="float32")
+                ids = [f"{split[0]}{i}" for i in range(1, n + 1)]
+                writer.add_split(split, ids, width, labels=y if split == "train" else None)
                 for start in range(0, n, 2048):
                     stop = min(n, start + 2048)
                     block = rng.standard_normal((stop - start, width), dtype=np.float32)
                     block += np.outer(2 * y[start:stop] - 1, direction).astype(np.float32)
-                    data[start:stop] = block + 1.0
-                ids = [f"{split[0]}{i}" for i in range(1, n + 1)]
-                group.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=string)
-                if split == "train":
-                    group.create_dataset("labels", data=y.astype(np.int64))
-                else:
-                    group.create_dataset("failed", shape=(0, 2), dtype=string)
-            f.attrs.update({"backbone": name, "feature_dim": width, "weights": "synthetic",
-                            "tta": "none", "classes": json.dumps(["circle", "square"]),
-                            "fingerprint": f"bench-{rows}", "complete": True})
+                    writer.write_rows(split, np.arange(start, stop), block + 1.0)
 
 
 def child(config_path: str, name: str) -> None:

@@ -32,10 +32,17 @@ from competition.images import ImageList, list_test_images, list_train_images
 from features import parts as part_store
 from features.backbones import BackboneSpec, get_backbone
 from features.decode import DECODER_VERSION, decode_file
+from features.engines import (
+    INFERENCE_ENGINES,
+    build_forward,
+    check_engine,
+    preferred_engine,
+    resolve_engine,
+)
 from features.fingerprint import describe_changes, fingerprint_of, ids_digest, image_list_digest
 from features.fold import GRAPH_VERSION
 from features.shards import merge_shards, shard_images, shard_path
-from features.store import feature_path, read_attrs
+from features.store import feature_path, read_attrs, read_bad
 from features.weights import WeightsChoice, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -81,12 +88,16 @@ class ExtractionReport:
     """Every feature file of one `extract_features` call, plus the wall time.
 
     `build_seconds` is the one-time setup inside `seconds`: building each model and tracing
-    its forward graph.
+    its forward graph (or reading OpenVINO's converted model from its cache);
+    `convert_seconds` the part of it spent converting models to OpenVINO (0 when cached).
+    `engine` is the inference engine that computed ("" when every file was reused).
     """
 
     results: list[FeatureResult]
     seconds: float = 0.0
     build_seconds: float = 0.0
+    engine: str = ""
+    convert_seconds: float = 0.0
 
     def __iter__(self):
         return iter(self.results)
@@ -110,8 +121,14 @@ class ExtractionReport:
             + ("reused" if r.reused else f"{r.images_per_s:.1f} img/s")
             for r in self.results
         )
+        engine = ""
+        if self.engine == "openvino":
+            engine = (f" (openvino, conversion {self.convert_seconds:.1f} s)"
+                      if self.convert_seconds else " (openvino, converted models cached)")
+        elif self.engine:
+            engine = f" ({self.engine})"
         return (f"features: {images} images, {skipped} train skipped, {failed} test failed, "
-                f"{self.seconds:.1f} s; {speeds}")
+                f"{self.seconds:.1f} s{engine}; {speeds}")
 
 
 @dataclass
@@ -154,7 +171,7 @@ def _sizes(jobs: Sequence[_Job]) -> list[int]:
 
 
 def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: str,
-               images: dict) -> dict:
+               images: dict, engine: str) -> dict:
     """Fingerprint parts of one feature file; `images` holds the train and test digests."""
     return {
         **images,
@@ -167,11 +184,18 @@ def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: 
         "decoder": DECODER_VERSION,
         "graph": GRAPH_VERSION,
         "precision": precision,
+        "engine": engine,
     }
 
 
-def _why_rebuild(path: Path, fingerprint: str, parts: dict, force: bool) -> str:
-    """"" when `path` can be reused, else the reason it must be (re)built."""
+def _why_rebuild(path: Path, fingerprint: str, parts: dict, force: bool,
+                 engine: str = "auto", log: bool = True) -> str:
+    """"" when `path` can be reused, else the reason it must be (re)built.
+
+    With `engine` "auto" (or "ray"), a complete file that differs only in the inference
+    engine that made it is reused (hours of features are not recomputed for 1e-7); an
+    explicit engine must match. Files from before engines were recorded were TensorFlow's.
+    """
     if force:
         return "forced rebuild (force=True)"
     if not path.is_file():
@@ -187,6 +211,18 @@ def _why_rebuild(path: Path, fingerprint: str, parts: dict, force: bool) -> str:
         old = json.loads(attrs.get("fingerprint_parts", "{}"))
     except ValueError:
         old = {}
+    if old:
+        old.setdefault("engine", "tensorflow")
+    if old == parts:
+        return ""
+    if (engine not in INFERENCE_ENGINES and old
+            and {k: v for k, v in old.items() if k != "engine"}
+            == {k: v for k, v in parts.items() if k != "engine"}):
+        if log:
+            logger.info("%s: made by %s, reused (engine auto would use %s; to extract with "
+                        "it instead: --engine %s --force)", path, old["engine"],
+                        parts["engine"], parts["engine"])
+        return ""
     return describe_changes(old, parts)
 
 
@@ -206,7 +242,7 @@ def _validate(requests: Sequence[tuple[str, str]], weights: Mapping[str, Weights
 
 def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
           weights: Mapping[str, WeightsChoice], features_dir: Path, precision: str,
-          shard: tuple[int, int] | None) -> list[_Job]:
+          shard: tuple[int, int] | None, engine: str) -> list[_Job]:
     jobs = []
     # Digested once (a stat per image), not once per backbone and TTA mode.
     full_images = {"train": image_list_digest(train), "test": image_list_digest(test)}
@@ -216,14 +252,14 @@ def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]]
                                "test": image_list_digest(sub_test)}
     for backbone, tta in dict.fromkeys(requests):
         spec = get_backbone(backbone)
-        full_parts = _parts_for(spec, tta, weights[backbone], precision, full_images)
+        full_parts = _parts_for(spec, tta, weights[backbone], precision, full_images, engine)
         full_fp = fingerprint_of(full_parts)
         path = feature_path(features_dir, backbone, tta)
         extra: dict[str, Any] = {"shard": ""}
         parts, fp = full_parts, full_fp
         if shard is not None:
             parts = dict(_parts_for(spec, tta, weights[backbone], precision,
-                                    shard_images_digest), shard=f"{shard[0]}/{shard[1]}")
+                                    shard_images_digest, engine), shard=f"{shard[0]}/{shard[1]}")
             fp = fingerprint_of(parts)
             path = shard_path(path, shard)
             extra = {
@@ -248,6 +284,7 @@ def _attrs(job: _Job, train: ImageList, precision: str) -> dict:
         "tta": job.tta,
         "preprocessing": job.parts["preprocessing"],
         "precision": precision,
+        "engine": job.parts["engine"],
         "classes": json.dumps(list(train.classes)),
         "libraries": part_store.json_attr(library_versions()),
         "fingerprint": job.fingerprint,
@@ -257,6 +294,45 @@ def _attrs(job: _Job, train: ImageList, precision: str) -> dict:
     attrs.update({f"{k}_version": v for k, v in library_versions().items()})
     attrs.update(job.extra_attrs)
     return attrs
+
+
+def image_pixels(path: str | bytes, min_side: int) -> tuple[np.ndarray, str]:
+    """One image's RGB uint8 pixels and "" or, when it cannot be read, a 1x1 black
+    placeholder and the reason (its features are dropped or zeroed at assembly).
+
+    Shared by the local tf.data pipeline and the Ray actors (features.ray_engine)."""
+    pixels, reason = decode_file(os.fsdecode(path), min_side)
+    if pixels is None:
+        return np.zeros((1, 1, 3), np.uint8), reason
+    return pixels, ""
+
+
+def resize_views(pixels: Any, sizes: Sequence[int]) -> tuple:
+    """One float32 (s, s, 3) view of `pixels` per size: traced into tf.data locally, run
+    eagerly in a Ray actor (the same op, so the same numbers)."""
+    import tensorflow as tf
+
+    return tuple(tf.image.resize(pixels, (s, s), method=RESIZE) for s in sizes)
+
+
+def job_side(spec: BackboneSpec, tta: str) -> int:
+    """The side of the resized view a (backbone, tta) job reads."""
+    return crop_size(spec.input_size) if tta == "crops" else spec.input_size
+
+
+def batch_features(wanted: Sequence[tuple[BackboneSpec, str]], views: Mapping[int, Any],
+                   forwards: Mapping[str, Any]) -> list[tuple[np.ndarray, float]]:
+    """The per-batch step of every executor: features (and model seconds) of each wanted
+    (backbone, tta) job from the batch's resized views ({side: (B, side, side, 3)}).
+
+    The local loop (`_run_split`) and the Ray actors (features.ray_engine) both call it."""
+    cache: dict = {}
+    out = []
+    for spec, tta in wanted:
+        start = time.perf_counter()
+        values = _tta_features(forwards[spec.name], views[job_side(spec, tta)], tta, cache)
+        out.append((np.asarray(values, dtype=np.float32), time.perf_counter() - start))
+    return out
 
 
 def _dataset(images: ImageList, rows: np.ndarray, sizes: list[int], batch_size: int,
@@ -270,16 +346,12 @@ def _dataset(images: ImageList, rows: np.ndarray, sizes: list[int], batch_size: 
     min_side = max(sizes)
 
     def load(path: Any) -> tuple:
-        pixels, reason = decode_file(os.fsdecode(path.numpy()), min_side)
-        if pixels is None:
-            return np.zeros((1, 1, 3), np.uint8), reason
-        return pixels, ""
+        return image_pixels(path.numpy(), min_side)
 
     def load_graph(path: Any, row: Any) -> tuple:
         pixels, reason = tf.py_function(load, [path], [tf.uint8, tf.string])
         pixels.set_shape([None, None, 3])
-        resized = tuple(tf.image.resize(pixels, (s, s), method=RESIZE) for s in sizes)
-        return resized, reason, row
+        return resize_views(pixels, sizes), reason, row
 
     # Decoding is 1-2% of the models' compute on CPU, so one call per core hides it;
     # tf.data's autotuner adds nothing here and its background thread made every iterator's
@@ -293,16 +365,18 @@ def _dataset(images: ImageList, rows: np.ndarray, sizes: list[int], batch_size: 
 
 
 def _tta_features(forward: Any, batch: Any, tta: str, cache: dict) -> np.ndarray:
-    """Features of one batch under a TTA mode; plain features are shared across modes."""
-    import tensorflow as tf
+    """Features of one batch under a TTA mode; plain features are shared across modes.
 
+    One copy for every engine: `forward` takes and returns numpy arrays (features.engines).
+    """
+    batch = np.asarray(batch)
     key = (id(forward), "plain")
     if tta in ("none", "flip"):
         if key not in cache:
-            cache[key] = forward(batch).numpy()
+            cache[key] = forward(batch)
         if tta == "none":
             return cache[key]
-        mirrored = forward(tf.reverse(batch, axis=[2])).numpy()
+        mirrored = forward(batch[:, :, ::-1, :])
         return (cache[key] + mirrored) / 2.0
     side, size = int(batch.shape[1]), forward.spec.input_size
     far = side - size
@@ -310,8 +384,8 @@ def _tta_features(forward: Any, batch: Any, tta: str, cache: dict) -> np.ndarray
     total = None
     for top, left in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid)):
         crop = batch[:, top:top + size, left:left + size, :]
-        for view in (crop, tf.reverse(crop, axis=[2])):
-            out = forward(view).numpy()
+        for view in (crop, crop[:, :, ::-1, :]):
+            out = forward(view)
             total = out if total is None else total + out
     return total / 10.0
 
@@ -327,7 +401,6 @@ def _run_split(split: str, images: ImageList, jobs: list[_Job], forwards: dict, 
     if not len(rows):
         return
     sizes = _sizes(jobs)
-    size_index = {s: k for k, s in enumerate(sizes)}
     names = ", ".join(dict.fromkeys(j.spec.name for j in jobs))
     dataset = _dataset(images, rows, sizes, runtime.batch_size, runtime.map_threads)
     with tqdm(total=len(rows), unit="img", desc=f"{split} [{names}]", disable=not progress,
@@ -336,15 +409,11 @@ def _run_split(split: str, images: ImageList, jobs: list[_Job], forwards: dict, 
             batch_rows = rows_t.numpy()
             reasons = [r.decode("utf-8") for r in reasons_t.numpy()]
             ids = [images.ids[r] for r in batch_rows]
-            cache: dict = {}
-            for job in jobs:
-                if job.done[split][batch_rows].all():
-                    continue
-                forward = forwards[job.spec.name]
-                side = crop_size(job.spec.input_size) if job.tta == "crops" else job.spec.input_size
-                start = time.perf_counter()
-                values = _tta_features(forward, resized[size_index[side]], job.tta, cache)
-                job.seconds += time.perf_counter() - start
+            wanted = [job for job in jobs if not job.done[split][batch_rows].all()]
+            views = dict(zip(sizes, resized))
+            outs = batch_features([(job.spec, job.tta) for job in wanted], views, forwards)
+            for job, (values, seconds) in zip(wanted, outs):
+                job.seconds += seconds
                 job.computed += len(batch_rows)
                 part_store.write_part(job.folder, split, batch_rows, ids, values, reasons)
                 job.done[split][batch_rows] = True
@@ -364,7 +433,8 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
                      weights: Mapping[str, WeightsChoice], features_dir: Path, *,
                      batch_size: int = 0, threads: int = 0, precision: str = "float32",
                      force: bool = False, shard: tuple[int, int] | None = None,
-                     progress: bool = True) -> ExtractionReport:
+                     progress: bool = True, engine: str = "auto",
+                     cluster: str = "auto") -> ExtractionReport:
     """Extract (or reuse) one feature file per (backbone, tta) request, in one pass.
 
     Args:
@@ -380,6 +450,11 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
         shard: (i, n), 1 <= i <= n: extract only every n-th image from the i-th, into its
             own file (merge with `merge_shards`).
         progress: Show a tqdm bar per split.
+        engine: "auto" (OpenVINO on a CPU where installed, TensorFlow on a GPU),
+            "tensorflow" or "openvino" (features.engines). Recorded in the fingerprint;
+            with "auto" a file made by the other engine is reused. "ray" runs on a Ray
+            cluster (features.ray_engine) with the inference engine "auto" picks there.
+        cluster: With engine "ray": "auto", "local", "ray://HOST:PORT" or "HOST:PORT".
 
     Returns:
         An ExtractionReport; its summary line is also logged.
@@ -390,23 +465,43 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
     started = time.perf_counter()
     features_dir = Path(features_dir)
     _validate(requests, weights, shard)
+
+    def has_gpu() -> bool:
+        # "ray" is an executor: the cluster's GPUs decide its actors' engine and precision.
+        if engine == "ray":
+            from features.ray_engine import cluster_gpus
+
+            return cluster_gpus(cluster, threads) > 0
+        return _has_gpu()
+
     # A writer killed during the final HDF5 write leaves its (large) temp file behind.
     remove_stale_temps(features_dir)
     sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
     # Mixed precision only exists on GPUs; decide before fingerprinting so a CPU run's
     # float32 file is not mislabelled (and is reused by later CPU runs).
     used_precision = precision
-    if precision == "mixed" and not _has_gpu():
+    if precision == "mixed" and not has_gpu():
         used_precision = "float32"
-    jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard)
+    check_engine(engine)
+    # Planned without importing TensorFlow: with "auto" reuse does not depend on the
+    # engine; only when something must be computed is a GPU looked for.
+    used_engine = preferred_engine(engine)
+    jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard,
+                 used_engine)
+    if engine not in INFERENCE_ENGINES and any(
+            _why_rebuild(j.path, j.fingerprint, j.parts, force, engine, log=False) for j in jobs):
+        resolved = resolve_engine(engine, has_gpu())
+        if resolved != used_engine:
+            used_engine = resolved
+            jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard,
+                         used_engine)
     todo, results = [], []
-    build_seconds = 0.0
+    build_seconds = convert_seconds = 0.0
     for job in jobs:
-        job.reason = _why_rebuild(job.path, job.fingerprint, job.parts, force)
+        job.reason = _why_rebuild(job.path, job.fingerprint, job.parts, force, engine)
         if not job.reason:
-            attrs = read_attrs(job.path)
             logger.info("%s: up to date, reused (fingerprint %s)", job.path, job.fingerprint[:12])
-            results.append(_reused_result(job, attrs, len(sub_train) + len(sub_test)))
+            results.append(_reused_result(job, len(sub_train) + len(sub_test)))
             continue
         logger.info("%s: building: %s", job.path, job.reason)
         job.folder = part_store.partial_dir(job.path, job.fingerprint)
@@ -420,7 +515,13 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
                         already, len(sub_train) + len(sub_test), job.folder)
         todo.append(job)
 
-    if todo:
+    if todo and engine == "ray":
+        from features.ray_engine import run_jobs
+
+        run_jobs(todo, {"train": sub_train, "test": sub_test}, cluster=cluster,
+                 engine=used_engine, batch_size=batch_size, threads=threads,
+                 precision=used_precision, progress=progress)
+    elif todo:
         from features import runtime as runtime_module
 
         runtime_module.import_tensorflow_quietly(
@@ -430,28 +531,33 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
         build_started = time.perf_counter()
         for job in todo:
             if job.spec.name not in forwards:
-                logger.info("building %s (%d px, weights %s)", job.spec.name,
-                            job.spec.input_size, job.weights.identity)
-                forwards[job.spec.name] = runtime_module.Forward(
-                    job.spec, job.weights.keras_arg, runtime)
+                logger.info("building %s (%d px, weights %s) on %s", job.spec.name,
+                            job.spec.input_size, job.weights.identity, used_engine)
+                forwards[job.spec.name] = build_forward(job.spec, job.weights, runtime,
+                                                        used_engine)
         build_seconds = time.perf_counter() - build_started
+        convert_seconds = sum(f.convert_seconds for f in forwards.values())
         for split, images in (("train", sub_train), ("test", sub_test)):
             _run_split(split, images, todo, forwards, runtime, progress)
-        for job in todo:
-            bad = part_store.assemble(job.folder, job.path, sub_train, sub_test,
-                                      job.spec.feature_dim, _attrs(job, train, used_precision))
-            part_store.discard(job.folder)
-            part_store.discard_stale(job.path)
-            _report_bad(job, bad)
-            results.append(FeatureResult(
-                backbone=job.spec.name, tta=job.tta, path=job.path, reused=False,
-                reason=job.reason, images=len(sub_train) + len(sub_test),
-                skipped=[i for i, _ in bad["train"]], failed=[i for i, _ in bad["test"]],
-                seconds=job.seconds,
-                images_per_s=job.computed / job.seconds if job.seconds else 0.0))
+    for job in todo:
+        # Where it ran is an attribute only: a Ray-made file is the same file as a local one.
+        attrs = {**_attrs(job, train, used_precision),
+                 "executor": "ray" if engine == "ray" else "local"}
+        bad = part_store.assemble(job.folder, job.path, sub_train, sub_test,
+                                  job.spec.feature_dim, attrs)
+        part_store.discard(job.folder)
+        part_store.discard_stale(job.path)
+        _report_bad(job, bad)
+        results.append(FeatureResult(
+            backbone=job.spec.name, tta=job.tta, path=job.path, reused=False,
+            reason=job.reason, images=len(sub_train) + len(sub_test),
+            skipped=[i for i, _ in bad["train"]], failed=[i for i, _ in bad["test"]],
+            seconds=job.seconds,
+            images_per_s=job.computed / job.seconds if job.seconds else 0.0))
     order = {key: k for k, key in enumerate(dict.fromkeys(requests))}
     results.sort(key=lambda r: order[(r.backbone, r.tta)])
-    report = ExtractionReport(results, time.perf_counter() - started, build_seconds)
+    report = ExtractionReport(results, time.perf_counter() - started, build_seconds,
+                              used_engine if todo else "", convert_seconds)
     logger.info(report.summary())
     return report
 
@@ -462,17 +568,10 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def _reused_result(job: _Job, attrs: dict, images: int) -> FeatureResult:
-    import h5py
-
-    skipped, failed = [], []
-    with h5py.File(job.path, "r") as handle:
-        if "skipped" in handle["train"] and len(handle["train/skipped"]):
-            skipped = list(handle["train/skipped"].asstr()[:, 0])
-        if "failed" in handle["test"] and len(handle["test/failed"]):
-            failed = list(handle["test/failed"].asstr()[:, 0])
+def _reused_result(job: _Job, images: int) -> FeatureResult:
+    bad = read_bad(job.path)
     return FeatureResult(job.spec.name, job.tta, job.path, True, "up to date", images,
-                         skipped, failed)
+                         [i for i, _ in bad["train"]], [i for i, _ in bad["test"]])
 
 
 def extract_for_config(config: Config, *, force: bool = False,
@@ -501,4 +600,5 @@ def _extract_for_config(config: Config, *, force: bool, shard: tuple[int, int] |
     return extract_features(
         train, test, requests, weights, config.workspace.features_dir,
         batch_size=config.features.batch_size, threads=config.features.threads,
-        precision=config.features.precision, force=force, shard=shard, progress=progress)
+        precision=config.features.precision, force=force, shard=shard, progress=progress,
+        engine=config.features.engine, cluster=config.features.cluster)

@@ -4,8 +4,8 @@ HDF5 is not crash-safe: a process killed mid-write can leave a file h5py cannot 
 So extraction writes every batch to its own small `.npz` part, atomically (temporary name,
 then `os.replace`), in a partial folder keyed by the fingerprint. A rerun reads which rows
 the parts already hold and computes only the rest. When every row is present the parts are
-streamed, one at a time, into the chunked HDF5 file under a temporary name, which is
-renamed into place only after it is complete: memory stays flat in the number of images.
+streamed, one at a time, through the store's writer (features.store: a temporary name,
+renamed into place only when complete): memory stays flat in the number of images.
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from base.atomic import atomic_path
 from competition.images import ImageList
-from features.store import STRING
+from features.store import feature_file_writer
 
 logger = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
-CHUNK_BYTES = 1 << 20  # HDF5 chunks of about 1 MiB, h5py's recommended range
 
 
 def partial_dir(final_path: Path, fingerprint: str) -> Path:
@@ -88,26 +86,6 @@ def _iter_parts(folder: Path, split: str) -> Iterator[dict]:
             yield part
 
 
-def _chunks(rows: int, dim: int) -> tuple[int, int]:
-    return (max(1, min(rows, CHUNK_BYTES // (4 * dim))), dim)
-
-
-def _write_rows(dataset: h5py.Dataset, targets: np.ndarray, values: np.ndarray) -> None:
-    if not len(targets):
-        return
-    order = np.argsort(targets, kind="stable")
-    targets, values = targets[order], values[order]
-    if targets[-1] - targets[0] + 1 == len(targets):
-        dataset[int(targets[0]):int(targets[-1]) + 1] = values
-    else:
-        dataset[targets.tolist()] = values
-
-
-def _reason_table(group: h5py.Group, name: str, pairs: list[tuple[str, str]]) -> None:
-    data = np.asarray(pairs, dtype=object).reshape(len(pairs), 2)
-    group.create_dataset(name, data=data, dtype=STRING, shape=(len(pairs), 2))
-
-
 def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
              feature_dim: int, attrs: dict) -> dict[str, list[tuple[str, str]]]:
     """Stream the parts into `final_path` (temp name + rename); return the bad images.
@@ -122,7 +100,7 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
         RuntimeError: a row is missing from the parts (a bug, never a user error).
     """
     bad: dict[str, list[tuple[str, str]]] = {}
-    with atomic_path(final_path) as tmp, h5py.File(tmp, "w") as handle:
+    with feature_file_writer(final_path, attrs) as writer:
         for split, images in (("train", train), ("test", test)):
             n = len(images)
             reasons = np.full(n, "", dtype=object)
@@ -136,33 +114,19 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
                 raise RuntimeError(f"{folder}: {int((~covered).sum())} {split} rows missing")
             keep = (reasons == "") if split == "train" else np.ones(n, dtype=bool)
             target = np.cumsum(keep) - 1
-            rows_out = int(keep.sum())
-            group = handle.create_group(split)
-            features = group.create_dataset(
-                "features", shape=(rows_out, feature_dim), dtype="f4",
-                chunks=_chunks(rows_out, feature_dim), maxshape=(None, feature_dim),
-                fillvalue=0.0)
+            pairs = [(images.ids[r], str(reasons[r])) for r in np.flatnonzero(reasons != "")]
+            bad[split] = pairs
+            labels = None
+            if split == "train" and images.labels is not None:
+                labels = np.asarray(images.labels, np.int64)[keep]
+            writer.add_split(split, [i for i, k in zip(images.ids, keep) if k], feature_dim,
+                             labels=labels, bad=pairs)
             for part in _iter_parts(folder, split):
                 rows, values = part["rows"], part["features"]
                 if split == "test":
                     values = np.where((part["reasons"] == "")[:, None], values, 0.0)
                 chosen = keep[rows]
-                _write_rows(features, target[rows[chosen]], values[chosen])
-            kept_ids = [i for i, k in zip(images.ids, keep) if k]
-            group.create_dataset("ids", data=np.asarray(kept_ids, dtype=object),
-                                 dtype=STRING, shape=(rows_out,))
-            pairs = [(images.ids[r], str(reasons[r])) for r in np.flatnonzero(reasons != "")]
-            bad[split] = pairs
-            if split == "train":
-                labels = (np.zeros(n, np.int64) if images.labels is None
-                          else np.asarray(images.labels, np.int64))
-                group.create_dataset("labels", data=labels[keep])
-                _reason_table(group, "skipped", pairs)
-            else:
-                _reason_table(group, "failed", pairs)
-        for key, value in attrs.items():
-            handle.attrs[key] = value
-        handle.attrs["complete"] = True
+                writer.write_rows(split, target[rows[chosen]], values[chosen])
     return bad
 
 

@@ -13,14 +13,21 @@ import json
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from base.atomic import atomic_path
 from base.errors import HarnessError
 from competition.images import ImageList, natural_key
 from features.fingerprint import ids_digest
-from features.store import STRING, feature_path
+from features.store import (
+    FeatureFileWriter,
+    feature_file_writer,
+    feature_path,
+    load_split,
+    read_attrs,
+    read_bad,
+    read_ids,
+    read_labels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +49,6 @@ def shard_path(path: Path, shard: tuple[int, int]) -> Path:
     return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
 
 
-def _attrs(handle: h5py.File) -> dict:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in handle.attrs.items()}
-
-
-def _strings(dataset: h5py.Dataset) -> list:
-    return list(dataset.asstr()[()]) if dataset.shape[0] else []
-
-
 def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
     """Assemble the n shard files of (backbone, tta) into the full feature file, by id.
 
@@ -67,54 +66,45 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
         if not path.is_file():
             raise HarnessError(f"shard {i} of {n} is missing: {path}; run `harness features "
                                f"--shard {i}/{n}` first")
-    handles = [h5py.File(path, "r") for path in paths]
-    try:
-        attrs = [_attrs(h) for h in handles]
-        for path, a in zip(paths, attrs):
-            if not a.get("complete"):
-                raise HarnessError(f"{path} is incomplete; rerun its shard to finish it")
-            if a.get("shard") != f"{paths.index(path) + 1}/{n}":
-                raise HarnessError(f"{path} says it is shard {a.get('shard')!r}, not of {n}")
-        for key in _FULL_KEYS:
-            values = {a.get(key) for a in attrs}
-            if len(values) != 1:
-                raise HarnessError(f"shards of {final.name} disagree on {key}: they come from "
-                                   "different image lists or settings; rerun all shards")
-        first = attrs[0]
-        with atomic_path(final) as tmp, h5py.File(tmp, "w") as out:
-            for split, bad_name in (("train", "skipped"), ("test", "failed")):
-                _merge_split(out, handles, paths, split, bad_name, first)
-            for key, value in first.items():
-                if key not in _FULL_KEYS and not key.startswith("full_"):
-                    out.attrs[key] = value
-            out.attrs["fingerprint"] = first["full_fingerprint"]
-            out.attrs["fingerprint_parts"] = first["full_fingerprint_parts"]
-            out.attrs["shard"] = ""
-            out.attrs["merged_from"] = json.dumps([p.name for p in paths])
-            out.attrs["complete"] = True
-    finally:
-        for handle in handles:
-            handle.close()
+    attrs = [read_attrs(path) for path in paths]
+    for i, (path, a) in enumerate(zip(paths, attrs), start=1):
+        if not a.get("complete"):
+            raise HarnessError(f"{path} is incomplete; rerun its shard to finish it")
+        if a.get("shard") != f"{i}/{n}":
+            raise HarnessError(f"{path} says it is shard {a.get('shard')!r}, not of {n}")
+    for key in _FULL_KEYS:
+        values = {a.get(key) for a in attrs}
+        if len(values) != 1:
+            raise HarnessError(f"shards of {final.name} disagree on {key}: they come from "
+                               "different image lists or settings; rerun all shards")
+    first = attrs[0]
+    merged = {k: v for k, v in first.items() if not k.startswith("full_") and k != "complete"}
+    merged.update(fingerprint=first["full_fingerprint"],
+                  fingerprint_parts=first["full_fingerprint_parts"], shard="",
+                  merged_from=json.dumps([p.name for p in paths]))
+    bad = [read_bad(path) for path in paths]
+    with feature_file_writer(final, merged) as writer:
+        for split in ("train", "test"):
+            _merge_split(writer, paths, bad, split, first)
     logger.info("merged %d shards into %s", n, final)
     return final
 
 
-def _merge_split(out: h5py.File, handles: list, paths: list, split: str, bad_name: str,
+def _merge_split(writer: FeatureFileWriter, paths: list[Path], bad: list[dict], split: str,
                  first: dict) -> None:
     owner: dict[str, int] = {}
     ids_all: list[tuple[str, int, int]] = []  # (id, shard, row in shard)
-    bad: list[list[str]] = []
-    for s, handle in enumerate(handles):
-        group = handle[split]
-        shard_ids = _strings(group["ids"])
-        shard_bad = [list(pair) for pair in group[bad_name].asstr()[()]] if len(group[bad_name]) else []
+    bad_all: list[tuple[str, str]] = []
+    for s, path in enumerate(paths):
+        shard_ids = list(read_ids(path, split))
+        shard_bad = bad[s][split]
         for image_id in shard_ids + [pair[0] for pair in shard_bad if split == "train"]:
             if image_id in owner:
                 raise HarnessError(f"id {image_id!r} of /{split} is in both {paths[owner[image_id]]}"
-                                   f" and {paths[s]}; a shard was doubled: rerun it")
+                                   f" and {path}; a shard was doubled: rerun it")
             owner[image_id] = s
         ids_all += [(image_id, s, row) for row, image_id in enumerate(shard_ids)]
-        bad += shard_bad
+        bad_all += shard_bad
     expected = int(first[f"full_{split}_count"])
     if len(owner) != expected:
         raise HarnessError(f"/{split}: the shards hold {len(owner)} ids but the image list has "
@@ -122,29 +112,18 @@ def _merge_split(out: h5py.File, handles: list, paths: list, split: str, bad_nam
     if ids_digest(sorted(owner, key=natural_key)) != first[f"full_{split}_ids_digest"]:
         raise HarnessError(f"/{split}: the shards' ids differ from the image list's; rerun them")
     ids_all.sort(key=lambda item: natural_key(item[0]))
-    dim = int(first["feature_dim"])
-    group = out.create_group(split)
-    rows = len(ids_all)
-    features = group.create_dataset("features", shape=(rows, dim), dtype="f4",
-                                    chunks=(max(1, min(rows, (1 << 20) // (4 * dim))), dim),
-                                    maxshape=(None, dim), fillvalue=0.0)
-    group.create_dataset("ids", data=np.asarray([i for i, _, _ in ids_all], dtype=object),
-                         dtype=STRING, shape=(rows,))
-    positions = np.arange(rows)
     shard_of = np.asarray([s for _, s, _ in ids_all], dtype=np.int64)
     row_of = np.asarray([r for _, _, r in ids_all], dtype=np.int64)
-    labels = np.zeros(rows, dtype=np.int64)
-    # One shard at a time keeps memory at one shard's features, not the whole file's.
-    for s, handle in enumerate(handles):
-        mine = shard_of == s
-        if not mine.any():
-            continue
-        source = handle[split]["features"][()]
-        features[positions[mine].tolist()] = source[row_of[mine]]
-        if split == "train":
-            labels[mine] = handle[split]["labels"][()][row_of[mine]]
+    labels = None
     if split == "train":
-        group.create_dataset("labels", data=labels)
-    bad.sort(key=lambda pair: natural_key(pair[0]))
-    data = np.asarray(bad, dtype=object).reshape(len(bad), 2)
-    group.create_dataset(bad_name, data=data, dtype=STRING, shape=(len(bad), 2))
+        labels = np.zeros(len(ids_all), dtype=np.int64)
+        for s, path in enumerate(paths):
+            labels[shard_of == s] = read_labels(path)[row_of[shard_of == s]]
+    bad_all.sort(key=lambda pair: natural_key(pair[0]))
+    writer.add_split(split, [i for i, _, _ in ids_all], int(first["feature_dim"]),
+                     labels=labels, bad=bad_all)
+    # One shard at a time keeps memory at one shard's features, not the whole file's.
+    for s, path in enumerate(paths):
+        mine = np.flatnonzero(shard_of == s)
+        if len(mine):
+            writer.write_rows(split, mine, load_split(path, split).features[row_of[mine]])

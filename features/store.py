@@ -1,6 +1,10 @@
 """The HDF5 feature store: one file per backbone (and TTA mode) per competition.
 
-Layout (all written by features.extract, read by later stages through `load_split`):
+This module is the only one that knows the layout: every feature file is written through
+`feature_file_writer` (extraction's parts, shard merges, `write_feature_file` for benches
+and fixtures) and read through `load_split`, `read_attrs`, `read_ids` and `read_bad`.
+
+Layout:
 
     /train/features  (N, D) float32   GAP features, one row per readable train image
     /train/ids       (N,)   str       image ids, aligned with the rows
@@ -17,15 +21,20 @@ preprocessing, classes (JSON), library versions, fingerprint, complete (bool).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from base.atomic import atomic_path
 from base.errors import HarnessError
 
 STRING = h5py.string_dtype()
+BAD_TABLE = {"train": "skipped", "test": "failed"}  # the [id, reason] table of each split
+CHUNK_BYTES = 1 << 20  # HDF5 chunks of about 1 MiB, h5py's recommended range
 
 
 def feature_path(features_dir: Path, backbone: str, tta: str = "none") -> Path:
@@ -58,6 +67,10 @@ class FeatureSplit:
 
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
     return np.asarray(dataset.asstr()[()], dtype=object)
+
+
+def _chunks(rows: int, dim: int) -> tuple[int, int]:
+    return (max(1, min(rows, CHUNK_BYTES // (4 * dim))), dim)
 
 
 def read_attrs(path: Path) -> dict:
@@ -96,32 +109,99 @@ def load_split(path: Path, split: str) -> FeatureSplit:
     return FeatureSplit(ids, features, labels, failed, classes, attrs)
 
 
-def write_feature_file(path: Path, attrs: dict, *, train: FeatureSplit, test: FeatureSplit,
-                       train_skipped: list[tuple[str, str]] = (),
-                       test_failed_reasons: dict[str, str] | None = None) -> Path:
-    """Write a complete feature file from in-memory splits, in the layout above.
+class FeatureFileWriter:
+    """Writes the layout above into an open HDF5 file; made by `feature_file_writer`.
 
-    For files made from others' rows (bench/quality.py's fitting/held-out splits, test
-    fixtures); extraction writes its files batch by batch (features.parts).
-    `attrs` are the root attributes; `complete` is set True. A test row's failure reason
-    comes from `test_failed_reasons` (default "failed").
+    A split is declared once with its ids (and labels, and bad images), then its feature
+    rows are written in any order and any number of calls, so a caller can stream parts
+    or shards through it with memory flat in the number of images.
     """
-    reasons = test_failed_reasons or {}
+
+    def __init__(self, handle: h5py.File):
+        self._handle = handle
+
+    def add_split(self, split: str, ids: Sequence[str], feature_dim: int, *,
+                  labels: Sequence[int] | np.ndarray | None = None,
+                  bad: Sequence[tuple[str, str]] = ()) -> None:
+        """Create /`split`: ids, zero features (N, feature_dim), labels (train) and the
+        [id, reason] table of bad images (/train/skipped or /test/failed)."""
+        group = self._handle.create_group(split)
+        rows = len(ids)
+        group.create_dataset("features", shape=(rows, feature_dim), dtype="f4",
+                             chunks=_chunks(rows, feature_dim), maxshape=(None, feature_dim),
+                             fillvalue=0.0)
+        group.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=STRING,
+                             shape=(rows,))
+        if split == "train":
+            values = np.zeros(rows, np.int64) if labels is None else labels
+            group.create_dataset("labels", data=np.asarray(values, dtype=np.int64))
+        pairs = np.asarray([list(pair) for pair in bad], dtype=object).reshape(len(bad), 2)
+        group.create_dataset(BAD_TABLE[split], data=pairs, dtype=STRING, shape=(len(bad), 2))
+
+    def write_rows(self, split: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """Write `values[k]` to row `rows[k]` of /`split`/features (contiguous runs in one
+        slice write, others by index)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        order = np.argsort(rows, kind="stable")
+        rows, values = rows[order], np.asarray(values, dtype=np.float32)[order]
+        features = self._handle[split]["features"]
+        if rows[-1] - rows[0] + 1 == len(rows):
+            features[int(rows[0]):int(rows[-1]) + 1] = values
+        else:
+            features[rows.tolist()] = values
+
+
+@contextmanager
+def feature_file_writer(path: Path, attrs: dict) -> Iterator[FeatureFileWriter]:
+    """Write a feature file under a temporary name; on a clean exit set `attrs` and
+    `complete` and rename it into place, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        group = f.create_group("train")
-        group.create_dataset("features", data=np.asarray(train.features, dtype=np.float32))
-        group.create_dataset("ids", data=np.asarray(train.ids, dtype=object), dtype=STRING)
-        group.create_dataset("labels", data=np.asarray(train.labels, dtype=np.int64))
-        group.create_dataset("skipped", data=np.asarray(list(train_skipped), dtype=object)
-                             .reshape(-1, 2), dtype=STRING)
-        group = f.create_group("test")
-        group.create_dataset("features", data=np.asarray(test.features, dtype=np.float32))
-        group.create_dataset("ids", data=np.asarray(test.ids, dtype=object), dtype=STRING)
-        failed = [(key, reasons.get(key, "failed"))
-                  for key, bad in zip(test.ids, test.failed) if bad]
-        group.create_dataset("failed", data=np.asarray(failed, dtype=object).reshape(-1, 2),
-                             dtype=STRING)
-        f.attrs.update({**attrs, "complete": True})
-    return path
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        yield FeatureFileWriter(handle)
+        handle.attrs.update(attrs)
+        handle.attrs["complete"] = True
+
+
+def write_feature_file(path: Path, attrs: dict, *, train: FeatureSplit, test: FeatureSplit,
+                       train_skipped: Sequence[tuple[str, str]] = (),
+                       test_failed_reasons: dict[str, str] | None = None) -> Path:
+    """Write a complete feature file from in-memory splits.
+
+    For files made from others' rows (bench/quality.py's fitting/held-out splits, test
+    fixtures); extraction streams its parts through `feature_file_writer`. A failed test
+    row's reason comes from `test_failed_reasons` (default "failed").
+    """
+    reasons = test_failed_reasons or {}
+    failed = [(key, reasons.get(key, "failed")) for key, bad in zip(test.ids, test.failed) if bad]
+    with feature_file_writer(path, attrs) as writer:
+        for split, data, bad in (("train", train, train_skipped), ("test", test, failed)):
+            features = np.asarray(data.features, dtype=np.float32)
+            writer.add_split(split, data.ids, features.shape[1], labels=data.labels, bad=bad)
+            writer.write_rows(split, np.arange(len(features)), features)
+    return Path(path)
+
+
+def read_ids(path: Path, split: str) -> np.ndarray:
+    """The ids of /`split` of a feature file, without reading its features."""
+    with h5py.File(path, "r") as f:
+        return _strings(f[split]["ids"])
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """/train/labels of a feature file."""
+    with h5py.File(path, "r") as f:
+        return f["train"]["labels"][()].astype(np.int64)
+
+
+def read_bad(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """{"train": [(id, reason)] skipped, "test": [(id, reason)] failed} of a feature file."""
+    bad = {}
+    with h5py.File(path, "r") as f:
+        for split, name in BAD_TABLE.items():
+            table = f[split].get(name)
+            bad[split] = ([(str(i), str(r)) for i, r in _strings(table)]
+                          if table is not None and len(table) else [])
+    return bad
