@@ -1,0 +1,350 @@
+"""The Ray executor: the same extraction on a Ray cluster (several machines or GPUs).
+
+`harness features --engine ray` (or `[features] engine = "ray"`) plans exactly as a local
+run does (features.extract: fingerprints, reuse, the rows the part files already hold),
+then sends only the rows still missing to Ray Data: a Dataset of (split, row, path, need)
+rows, one block per batch, mapped by an actor pool. Every actor builds the requested
+backbones once (one model set per actor: one actor per GPU with `num_gpus=1`, or CPU
+actors of `threads` cores each) and runs the local run's own per-batch step on each batch
+(features.extract: `image_pixels` -> `resize_views` -> `batch_features`). The results
+stream back to this driver, which writes them with the same `parts.write_part` as they
+arrive, so a killed driver resumes from its parts like a killed local run, and then
+`parts.assemble` writes the same HDF5 file with the same fingerprint: a file made on Ray is
+reused by a local run and the other way round. The executor is recorded only in the
+file's `executor` attribute.
+
+Ray is the executor, not the inference engine: the engine inside the actors (TensorFlow on
+GPU actors; on CPU actors what a local CPU run would use) is decided once, here on the
+driver, from the cluster's resources, and is what the fingerprint records.
+
+A worker that dies (killed, out of memory) is restarted by Ray and its batch retried
+(`max_restarts` / `max_task_retries` below). Test hook: when the environment variable
+HARNESS_RAY_KILL_ONCE names a file that does not exist yet, the first actor batch of the
+run creates it and kills its own worker process (tests/test_features_ray.py uses it to
+prove the run survives; unset, nothing happens).
+
+Image paths (and weight files) must be readable at the same path on every node: a shared
+file system, or the same dataset mounted everywhere (a Kaggle notebook has one machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from base.errors import HarnessError
+from competition.images import ImageList
+from features import parts as part_store
+
+logger = logging.getLogger(__name__)
+
+KILL_ONCE_ENV = "HARNESS_RAY_KILL_ONCE"
+RETRIES = 4  # restarts of a dead actor, and retries of the batch it held
+CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local", "ray://HOST:PORT" '
+                '(Ray Client) or "HOST:PORT" (a head started with `ray start --head`)')
+
+
+def check_cluster(value: str) -> str:
+    """`value` if it is a valid `cluster` setting, else a one-line HarnessError."""
+    text = str(value).strip()
+    if text in ("auto", "local"):
+        return text
+    address = text.removeprefix("ray://")
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():
+        return text
+    raise HarnessError(f"cluster {value!r} is not valid: {CLUSTER_HELP}")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise HarnessError("engine 'ray' needs Ray Data: pip install 'ray[data]' (it is in "
+                           "requirements.lock), or use --engine auto") from exc
+    return ray
+
+
+def _reachable() -> bool:
+    """Whether "auto" finds a cluster: RAY_ADDRESS, or a head running on this machine."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        return bool(find_gcs_addresses())
+    except Exception:  # noqa: BLE001 - a private helper; without it, start a local Ray
+        return False
+
+
+def _this_machine_gpus() -> int:
+    """The GPUs a local Ray would see here, found as Ray finds them (no Ray started)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = int(manager.get_current_node_num_accelerators() or 0)
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return min(count, len(visible)) if visible is not None else count
+    except Exception:  # noqa: BLE001 - private API moved: count them once Ray is up
+        return -1
+
+
+def cluster_gpus(cluster: str, threads: int = 0) -> int:
+    """GPUs of the cluster `cluster` names (decides the inference engine and precision).
+
+    A local Ray ("local", or "auto" with no cluster reachable) is this machine: its GPUs are
+    counted without starting Ray, so a run that only reuses files never starts it."""
+    cluster = check_cluster(cluster)
+    ray = _import_ray()
+    if not ray.is_initialized() and (cluster == "local"
+                                     or (cluster == "auto" and not _reachable())):
+        gpus = _this_machine_gpus()
+        if gpus >= 0:
+            return gpus
+    connect(cluster, threads)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def connect(cluster: str, threads: int = 0) -> bool:
+    """Connect to (or start) the Ray cluster `cluster` names; True when this call started
+    or connected it (the caller shuts it down), False when Ray was already initialised
+    (a notebook's or a test's own `ray.init`)."""
+    cluster = check_cluster(cluster)
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    # One line per distinct worker message instead of one per worker (Ray's default),
+    # and Ray Data's own progress bars off: the driver shows one tqdm bar like a local run.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                              "logging_level": logging.WARNING}
+    try:
+        if cluster == "local" or (cluster == "auto" and not _reachable()):
+            cpus = threads if threads > 0 else (os.cpu_count() or 1)
+            logger.info("ray: starting a local Ray with %d CPUs", cpus)
+            ray.init(num_cpus=cpus, **kwargs)
+        else:
+            address = "auto" if cluster == "auto" else cluster
+            logger.info("ray: connecting to %s", address)
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise HarnessError(f"cannot reach the Ray cluster {cluster!r} ({first}); start it with "
+                           f"`ray start --head` or fix {CLUSTER_HELP}") from exc
+    return True
+
+
+def _plan_actors(gpus: int, threads: int) -> tuple[int, int, int]:
+    """(actors, CPUs per actor, GPUs per actor): one actor per GPU, or CPU actors of
+    `threads` cores each (0: a node's cores, i.e. one actor per node; on 2 cores one actor
+    of 2 threads beat two of 1, see bench/ray_overhead.py)."""
+    import ray
+
+    if gpus > 0:
+        return gpus, 1, 1
+    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    nodes = [c for c in nodes if c >= 1] or [1]
+    per_actor = max(1, min(threads if threads > 0 else min(nodes), max(nodes)))
+    return max(1, sum(c // per_actor for c in nodes)), per_actor, 0
+
+
+def _retries() -> dict:
+    return {"max_restarts": RETRIES, "max_task_retries": RETRIES}
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """The driver's tqdm bar is the progress: Ray Data's own bars and its per-run log lines
+    (and the one warning that says its bars are off) would only repeat it."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+class BatchWorker:
+    """One Ray actor: builds every requested backbone once, then maps batches of rows to
+    features with the local run's own per-batch step (features.extract.batch_features).
+
+    Args:
+        jobs: (backbone, tta, WeightsChoice) of every job, in the driver's order (bit k
+            of a row's `need` is job k).
+        sizes: The resized sides the jobs read.
+        batch_size, threads, precision: As for a local run, per actor.
+        engine: The inference engine the driver chose ("tensorflow" or another of
+            features.engines), the one the fingerprint records.
+        kill_once: The test hook's marker file ("" off; see the module docstring).
+    """
+
+    def __init__(self, jobs: Sequence[tuple[str, str, Any]], sizes: Sequence[int],
+                 batch_size: int, threads: int, precision: str, engine: str,
+                 kill_once: str = "") -> None:
+        from features import runtime as runtime_module
+        from features.backbones import get_backbone
+
+        runtime_module.import_tensorflow_quietly()
+        self.runtime = runtime_module.configure(batch_size, threads, precision)
+        self.jobs = [(get_backbone(name), tta) for name, tta, _ in jobs]
+        self.sizes = list(sizes)
+        self.kill_once = kill_once
+        self.forwards: dict[str, Any] = {}
+        for (spec, _), (_, _, weights) in zip(self.jobs, jobs):
+            if spec.name not in self.forwards:
+                self.forwards[spec.name] = _build_forward(spec, weights, self.runtime, engine)
+        self.pool = ThreadPoolExecutor(max(1, threads or (os.cpu_count() or 1)))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        from features.extract import batch_features, image_pixels, resize_views
+
+        if self.kill_once and not os.path.exists(self.kill_once):
+            open(self.kill_once, "w").close()
+            os._exit(1)  # the test hook: this worker dies mid-run, Ray restarts it
+        min_side = max(self.sizes)
+        decoded = list(self.pool.map(lambda p: image_pixels(bytes(p), min_side), batch["path"]))
+        views = [resize_views(pixels, self.sizes) for pixels, _ in decoded]
+        stacked = {side: tf.stack([v[k] for v in views]) for k, side in enumerate(self.sizes)}
+        need = np.bitwise_or.reduce(np.asarray(batch["need"], np.int64))
+        wanted = [k for k in range(len(self.jobs)) if need >> k & 1]
+        outs = batch_features([self.jobs[k] for k in wanted], stacked, self.forwards)
+        count = len(batch["row"])
+        result: dict[str, np.ndarray] = {
+            "split": np.asarray(batch["split"]), "row": np.asarray(batch["row"], np.int64),
+            "reason": np.asarray([reason for _, reason in decoded], dtype=object),
+            "computed": np.full(count, sum(1 << k for k in wanted), np.int64),
+            "seconds": np.zeros((count, len(self.jobs)), np.float64),
+        }
+        for k, (spec, _) in enumerate(self.jobs):
+            result[f"features_{k}"] = np.zeros((count, spec.feature_dim), np.float32)
+        for k, (values, seconds) in zip(wanted, outs):
+            result[f"features_{k}"] = values
+            result["seconds"][:, k] = seconds / count
+        return result
+
+
+def _build_forward(spec: Any, weights: Any, runtime: Any, engine: str) -> Any:
+    """The forward pass of `spec` on `engine`, built as a local run builds it."""
+    try:
+        from features.engines import build_forward
+    except ImportError:  # before the engine registry (issue 14): TensorFlow only
+        from features.runtime import Forward
+
+        return Forward(spec, weights.keras_arg, runtime)
+    return build_forward(spec, weights, runtime, engine)
+
+
+def _blocks(jobs: Sequence[Any], splits: Mapping[str, ImageList], batch_size: int) -> list:
+    """One Arrow table per batch of rows still missing, split by split (the same batch
+    boundaries as a local run). `need` bit k: job k lacks the row."""
+    import pyarrow as pa
+
+    blocks = []
+    for split, images in splits.items():
+        need = np.zeros(len(images), np.int64)
+        for k, job in enumerate(jobs):
+            need |= np.where(job.done[split], 0, 1 << k).astype(np.int64)
+        rows = np.flatnonzero(need)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            blocks.append(pa.table({
+                "split": pa.array([split] * len(chunk), pa.string()),
+                "row": pa.array(chunk, pa.int64()),
+                # Bytes, not text: a path that is not UTF-8 has no Arrow string form.
+                "path": pa.array([os.fsencode(images.paths[r]) for r in chunk], pa.binary()),
+                "need": pa.array(need[chunk], pa.int64()),
+            }))
+    return blocks
+
+
+def run_jobs(jobs: Sequence[Any], splits: Mapping[str, ImageList], *, cluster: str,
+             engine: str, batch_size: int, threads: int, precision: str,
+             progress: bool) -> None:
+    """Compute every row the jobs lack on Ray and write it to their part folders.
+
+    Args:
+        jobs: features.extract's planned jobs (`done` filled from their part folders).
+        splits: {"train": ImageList, "test": ImageList} (already sharded when --shard).
+        cluster: The `cluster` setting.
+        engine: The inference engine inside the actors.
+        batch_size, threads, precision: As for a local run (0 chooses).
+        progress: Show a tqdm bar.
+    """
+    started = connect(cluster, threads)
+    try:
+        _run(jobs, splits, engine, batch_size, threads, precision, progress)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batch_size: int,
+         threads: int, precision: str, progress: bool) -> None:
+    import ray
+    from tqdm.auto import tqdm
+
+    from features.extract import _sizes
+    from features.runtime import CPU_BATCH, GPU_BATCH_PER_REPLICA
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if batch_size <= 0:
+        batch_size = GPU_BATCH_PER_REPLICA if gpus else CPU_BATCH
+    blocks = _blocks(jobs, splits, batch_size)
+    total = sum(len(b) for b in blocks)
+    if not total:
+        return
+    actors, cpus, gpus_each = _plan_actors(gpus, threads)
+    actors = min(actors, len(blocks))
+    logger.info("ray: %d rows in %d batches on %d actor(s) of %d CPU(s)%s, engine %s", total,
+                len(blocks), actors, cpus, " + 1 GPU" if gpus_each else "", engine)
+    _quiet_ray_data(ray)
+    constructor = {
+        "jobs": [(job.spec.name, job.tta, job.weights) for job in jobs],
+        "sizes": _sizes(jobs), "batch_size": batch_size,
+        # GPU actors decode with every core of their machine (threads 0), CPU actors
+        # compute with the cores Ray reserved for them.
+        "threads": threads if gpus_each else cpus, "precision": precision, "engine": engine,
+        "kill_once": os.environ.get(KILL_ONCE_ENV, ""),
+    }
+    mapped = ray.data.from_arrow(blocks).map_batches(
+        BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
+        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus, num_gpus=gpus_each or None,
+        # A dead actor is restarted and the batch it held retried, a bounded number of
+        # times (Ray Data's default is forever: a batch that kills every worker would hang).
+        ray_remote_args_fn=_retries)
+    names = ", ".join(dict.fromkeys(job.spec.name for job in jobs))
+    with tqdm(total=total, unit="img", desc=f"ray [{names}]", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for out in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+            _write(jobs, splits, out)
+            bar.update(len(out["row"]))
+
+
+def _write(jobs: Sequence[Any], splits: Mapping[str, ImageList], out: dict) -> None:
+    """Write one streamed result batch to the part folders (one part per split and job)."""
+    started = time.perf_counter()
+    for split in dict.fromkeys(str(s) for s in out["split"]):
+        mine = np.asarray([str(s) == split for s in out["split"]])
+        rows = out["row"][mine]
+        images = splits[split]
+        ids = [images.ids[r] for r in rows]
+        reasons = [str(r) for r in out["reason"][mine]]
+        computed = int(np.bitwise_or.reduce(out["computed"][mine]))
+        for k, job in enumerate(jobs):
+            if not computed >> k & 1:
+                continue
+            part_store.write_part(job.folder, split, rows, ids, out[f"features_{k}"][mine],
+                                  reasons)
+            job.done[split][rows] = True
+            job.seconds += float(out["seconds"][mine, k].sum())
+            job.computed += len(rows)
+    logger.debug("ray: wrote %d rows in %.3f s", len(out["row"]), time.perf_counter() - started)

@@ -1,0 +1,220 @@
+"""The Ray executor (features.ray_engine) on a real local Ray, real tiny JPEGs, real HDF5.
+
+One local Ray (2 CPUs) serves the whole module. Every Ray-made file is compared with the
+file a local run makes from the same images (same inference engine on both sides: "auto"
+resolves to the same one for a CPU-only cluster and this CPU), by ids, labels and features.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from base.errors import HarnessError
+from features.extract import extract_features, merge_shards
+from features.ray_engine import KILL_ONCE_ENV, check_cluster
+from features.store import feature_path, load_split, read_attrs, read_bad
+from features.weights import WeightsChoice
+from tests.features_fixtures import (
+    BAD_KINDS,
+    UNREADABLE,
+    bad_image_bytes,
+    image_lists,
+    make_dataset,
+)
+
+ray = pytest.importorskip("ray")
+
+NONE = WeightsChoice(None, "none")
+MOBILE = [("mobilenet_025", "none")]
+TWO = [("mobilenet_025", "none"), ("resnet50", "none")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(tmp_path_factory):
+    """One local Ray for the module; the caches are set before it starts so that its
+    workers (which inherit this environment) share them with the in-process runs."""
+    cache = tmp_path_factory.mktemp("cache")
+    saved = os.environ.get("HARNESS_CACHE_DIR")
+    os.environ["HARNESS_CACHE_DIR"] = str(cache)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("HARNESS_CACHE_DIR", None)
+        else:
+            os.environ["HARNESS_CACHE_DIR"] = saved
+
+
+def run(train, test, out, requests=MOBILE, **kwargs):
+    kwargs.setdefault("batch_size", 2)
+    kwargs.setdefault("progress", False)
+    return extract_features(train, test, requests, {b: NONE for b, _ in requests}, out,
+                            **kwargs)
+
+
+def same_file(a: Path, b: Path, rel: float = 1e-6) -> float:
+    """Assert equal ids, labels and features (within `rel` of their scale); return the
+    largest relative difference."""
+    worst = 0.0
+    for split in ("train", "test"):
+        x, y = load_split(a, split), load_split(b, split)
+        assert list(x.ids) == list(y.ids)
+        if split == "train":
+            assert list(x.labels) == list(y.labels)
+        scale = float(np.abs(y.features).max())
+        assert scale > 0 and x.features.shape == y.features.shape
+        np.testing.assert_allclose(x.features, y.features, rtol=rel, atol=rel * scale)
+        worst = max(worst, float(np.abs(x.features - y.features).max()) / scale)
+    assert bad_tables(a) == bad_tables(b)
+    return worst
+
+
+def bad_tables(path: Path) -> dict:
+    # Pillow's "cannot identify image file <_io.BytesIO object at 0x...>" names an address.
+    return {split: [(i, re.sub(r"0x[0-9a-f]+", "0x", r)) for i, r in pairs]
+            for split, pairs in read_bad(path).items()}
+
+
+def rows_sent(caplog) -> int:
+    found = re.findall(r"ray: (\d+) rows in", caplog.text)
+    return int(found[-1]) if found else 0
+
+
+def test_ray_file_equals_local_file_and_each_reuses_the_other(tmp_path, caplog):
+    data = make_dataset(tmp_path / "data", n_train=6, n_test=5)
+    train, test = image_lists(data)
+    caplog.set_level(logging.INFO, logger="features")
+    on_ray = run(train, test, tmp_path / "ray", requests=TWO, engine="ray")
+    assert rows_sent(caplog) == 11
+    local = run(train, test, tmp_path / "local", requests=TWO)
+    for backbone, _ in TWO:
+        a, b = on_ray.result(backbone).path, local.result(backbone).path
+        worst = same_file(a, b)
+        ra, rb = read_attrs(a), read_attrs(b)
+        assert (ra["executor"], rb["executor"]) == ("ray", "local")
+        assert ra["engine"] == rb["engine"] == on_ray.engine == local.engine
+        assert ra["fingerprint"] == rb["fingerprint"]
+        print(f"\n{backbone}: ray == local: {len(load_split(a, 'train').ids)} train + "
+              f"{len(load_split(a, 'test').ids)} test ids, labels equal, engine "
+              f"{ra['engine']}, max |ray - local| / scale = {worst:.1e}")
+    # A Ray-made file is reused by a local run, and a local file by a Ray run: no compute.
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("*.h5")}
+    caplog.clear()
+    assert all(r.reused for r in run(train, test, tmp_path / "ray", requests=TWO))
+    assert all(r.reused for r in run(train, test, tmp_path / "local", requests=TWO,
+                                     engine="ray"))
+    assert rows_sent(caplog) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("*.h5")} == mtimes
+
+
+def test_a_killed_worker_is_restarted_and_its_batch_retried(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", n_train=8, n_test=4)
+    train, test = image_lists(data)
+    marker = tmp_path / "worker-killed"
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
+    report = run(train, test, tmp_path / "ray", engine="ray")
+    assert marker.exists()  # a worker did die mid-run (os._exit in its first batch)
+    monkeypatch.delenv(KILL_ONCE_ENV)
+    local = run(train, test, tmp_path / "local")
+    same_file(report.results[0].path, local.results[0].path)
+
+
+DRIVER = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from features.extract import extract_features
+    from features.weights import WeightsChoice
+    from tests.features_fixtures import image_lists
+    data, out, address = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+
+    def killer():
+        # A real SIGKILL of the driver once some parts exist: no cleanup runs.
+        while True:
+            if len(list((out / ".partial").glob("*/train-*.npz"))) >= 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.001)
+
+    threading.Thread(target=killer, daemon=True).start()
+    train, test = image_lists(data)
+    extract_features(train, test, [("mobilenet_025", "none")],
+                     {"mobilenet_025": WeightsChoice(None, "none")}, out, batch_size=1,
+                     progress=False, engine="ray", cluster=address)
+    print("FINISHED")
+""")
+
+
+def test_a_killed_driver_resumes_from_its_parts(tmp_path, local_ray, caplog):
+    data = make_dataset(tmp_path / "data", n_train=30, n_test=6)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    out = tmp_path / "killed"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(script), str(ROOT), str(data), str(out),
+                           local_ray], capture_output=True, text=True, timeout=240, env=env,
+                          check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert "FINISHED" not in proc.stdout
+    assert not feature_path(out, "mobilenet_025").exists()
+    kept = len(list((out / ".partial").glob("*/*.npz")))
+    assert kept >= 3
+    train, test = image_lists(data)
+    caplog.set_level(logging.INFO, logger="features")
+    resumed = run(train, test, out, batch_size=1, engine="ray")
+    assert "resuming:" in caplog.text
+    assert 0 < rows_sent(caplog) <= 36 - kept  # the kept parts' rows are not sent again
+    clean = run(train, test, tmp_path / "clean", batch_size=1)
+    same_file(resumed.results[0].path, clean.results[0].path)
+
+
+def test_bad_images_are_handled_as_locally(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=3, n_test=2)
+    for k, kind in enumerate(BAD_KINDS):
+        (data / "train" / f"square.{20 + k}.jpg").write_bytes(bad_image_bytes(kind, seed=k))
+        (data / "test" / f"{20 + k}.jpg").write_bytes(bad_image_bytes(kind, seed=k))
+    train, test = image_lists(data)
+    on_ray = run(train, test, tmp_path / "ray", batch_size=4, engine="ray").results[0]
+    local = run(train, test, tmp_path / "local", batch_size=4).results[0]
+    unreadable = {f"{20 + k}" for k, kind in enumerate(BAD_KINDS) if kind in UNREADABLE}
+    assert set(on_ray.failed) == set(local.failed) == unreadable
+    assert set(on_ray.skipped) == set(local.skipped) == {f"square.{i}" for i in unreadable}
+    same_file(on_ray.path, local.path)  # includes the [id, reason] tables
+    failed = load_split(on_ray.path, "test")
+    assert np.all(failed.features[failed.failed] == 0)
+
+
+def test_shards_on_ray_merge_into_the_local_file(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=5, n_test=3)
+    train, test = image_lists(data)
+    out = tmp_path / "sharded"
+    for i in (1, 2):
+        report = run(train, test, out, shard=(i, 2), engine="ray")
+        assert report.results[0].path.name == f"mobilenet_025.shard-{i}-of-2.h5"
+    merged = merge_shards(out, "mobilenet_025", "none", 2)
+    local = run(train, test, tmp_path / "local").results[0].path
+    same_file(merged, local)
+    assert run(train, test, out).results[0].reused  # the merged file is the full one
+
+
+def test_cluster_setting_is_checked():
+    for good in ("auto", "local", "ray://head:10001", "10.0.0.5:6379"):
+        assert check_cluster(good) == good
+    with pytest.raises(HarnessError, match=r"cluster 'head' is not valid: \[features\] cluster"):
+        check_cluster("head")
+    from competition.config import load_config
+
+    with pytest.raises(HarnessError, match=r"\[features\] cluster = 'ray://nowhere'"):
+        load_config(None, {"cluster": "ray://nowhere"})
