@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from base.errors import HarnessError
+from competition.metrics import METRICS, Metric, get_metric
 
 TASKS = ("binary", "multiclass")
-METRICS = ("log_loss", "accuracy")
 # How training labels are found:
 #   filename: the class is the file-name prefix, as in Kaggle's `train/cat.12.jpg`
 #   folders:  one sub-folder per class, `train/<class>/<any>.jpg`
@@ -23,8 +23,8 @@ class CompetitionSpec:
     Attributes:
         slug: Kaggle's competition slug (also the default workspace name).
         task: "binary" or "multiclass".
-        metric: "log_loss" (lower is better, submit probabilities) or "accuracy"
-            (higher is better, submit class labels).
+        metric: A name in competition.metrics.METRICS: "log_loss" (lower is better,
+            submit probabilities) or "accuracy" (higher is better, submit class labels).
         classes: Class names in label order; for binary tasks `classes[1]` is the positive
             class whose probability is submitted. Empty means "discover from the data"
             (the sub-folder names, or the labels CSV), sorted.
@@ -71,9 +71,14 @@ class CompetitionSpec:
             )
 
     @property
+    def scorer(self) -> Metric:
+        """The registry entry of this competition's metric."""
+        return get_metric(self.metric)
+
+    @property
     def lower_is_better(self) -> bool:
         """True for log loss, False for accuracy."""
-        return self.metric == "log_loss"
+        return not self.scorer.higher_is_better
 
     def with_classes(self, classes: tuple[str, ...]) -> CompetitionSpec:
         """A copy with the class list filled in (for specs that discover classes)."""

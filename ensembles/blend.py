@@ -15,25 +15,32 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
+from base.config import Param, check_params, positive_number
 from base.errors import HarnessError
-from ensembles.cv import EPS, log_loss
+from competition.metrics import EPS
+from ensembles.cv import log_loss
 
 logger = logging.getLogger(__name__)
 
-BLEND_PARAMS = {"mean": {}, "weights": {}, "stack": {"C": "a positive number"}}
+# The blend-method registry: each method's parameters (its schema) and what it does.
+BLEND_METHODS: dict[str, tuple[dict[str, Param], str]] = {
+    "mean": ({}, "the plain mean of the members' probabilities"),
+    "weights": ({}, "non-negative weights summing to 1, fitted on out-of-fold predictions"),
+    "stack": ({"C": positive_number()},
+              "logistic regression on the members' out-of-fold logits"),
+}
+# Parameters the run stage consumes for every blend, as for ensembles.
+BLEND_RUN_PARAMS = {"clip": "clip bounds", "clip_prior": "a label-noise prior for auto clip"}
 
 
 def check_blend_params(name: str, method: str, params: dict[str, Any]) -> None:
-    """Raises HarnessError for unknown or bad parameters of blend `name`."""
-    known = BLEND_PARAMS.get(method, {})
-    for key, value in params.items():
-        if key in ("clip", "clip_prior"):  # consumed by the run stage, as for ensembles
-            continue
-        if key not in known:
-            raise HarnessError(f"blend {name!r}: unknown parameter {key!r} for method "
-                               f"{method!r}; known: {', '.join(['clip', *known])}")
-        if key == "C" and not (isinstance(value, (int, float)) and value > 0):
-            raise HarnessError(f"blend {name!r}: C = {value!r} must be a positive number")
+    """Raises HarnessError for an unknown method, or an unknown or bad parameter of blend
+    `name`."""
+    if method not in BLEND_METHODS:
+        raise HarnessError(f"blend {name!r}: method = {method!r} is not one of "
+                           f"{', '.join(BLEND_METHODS)}")
+    check_params(BLEND_METHODS[method][0], params, where=f"blend {name!r}", owner=f"method {method!r}",
+                 extra=BLEND_RUN_PARAMS)
 
 
 def fit_weights(probas: list[np.ndarray], labels: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from base.atomic import atomic_path
-from ensembles.cv import row_log_loss
+from competition.metrics import row_log_loss
 from ensembles.results import EnsembleResult
 
 logger = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from base.errors import HarnessError
 from competition.images import natural_key
+from competition.metrics import METRICS
 from ensembles.heads import chunk_rows
 
 logger = logging.getLogger(__name__)
 
-EPS = 1e-15
 # Candidate symmetric clip bounds e (clip to [e, 1 - e]); Kaggle itself clips at 1e-15.
 # The floor is 1e-4, not lower: when the out-of-fold predictions are all right (small,
 # separable training sets) they cannot tell 1e-4 from 1e-9, but one confident mistake on
@@ -58,22 +58,8 @@ def make_folds(ids: np.ndarray, labels: np.ndarray, n_folds: int, seed: int, *,
     return folds
 
 
-def row_log_loss(labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
-    """Each row's negative log-likelihood of its true class (natural log), Kaggle-style:
-    rows renormalised and probabilities clipped at 1e-15."""
-    proba = np.clip(proba, EPS, 1 - EPS)
-    proba = proba / proba.sum(axis=1, keepdims=True)
-    return -np.log(proba[np.arange(len(labels)), labels])
-
-
-def log_loss(labels: np.ndarray, proba: np.ndarray) -> float:
-    """Mean of `row_log_loss`: the competition's log loss."""
-    return float(np.mean(row_log_loss(labels, proba)))
-
-
-def accuracy(labels: np.ndarray, proba: np.ndarray) -> float:
-    """Share of rows whose most probable class is the true one."""
-    return float(np.mean(np.argmax(proba, axis=1) == labels))
+log_loss = METRICS["log_loss"].score  # the competition's log loss (mean of row_log_loss)
+accuracy = METRICS["accuracy"].score  # share of rows whose most probable class is right
 
 
 def apply_clip(proba: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:

@@ -16,11 +16,22 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from base.config import (
+    Param,
+    boolean,
+    check_params,
+    fraction,
+    integer,
+    one_of,
+    positive_int,
+    positive_number,
+)
 from base.errors import HarnessError
 
 logger = logging.getLogger(__name__)
@@ -226,7 +237,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         """
         from sklearn.linear_model import LogisticRegression
 
-        check_params("logreg", self.get_params(), where=type(self).__name__,
+        check_params(HEADS["logreg"].params, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         X = _check_X(self, X, fitted=False)
         rows = _check_rows(X, rows)
@@ -358,7 +369,7 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         """
         import keras
 
-        check_params("dropout", self.get_params(), where=type(self).__name__,
+        check_params(HEADS["dropout"].params, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         X = _check_X(self, X, fitted=False)
         index = _check_rows(X, rows)
@@ -502,62 +513,57 @@ def _Monitor(head: DropoutHead, X: Any, y: Any, rows: Any = None):
     return Monitor(X, rows)
 
 
-# --- parameter validation ----------------------------------------------------------------
+# --- the head registry -------------------------------------------------------------------
 
-def _positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _C_values(value: Any) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return len(values) > 0 and all(positive_number().test(c) for c in values)
 
 
-CHECKS: dict[str, dict[str, tuple]] = {
-    "logreg": {
-        "C": (lambda v: _positive_number(v) or (isinstance(v, (list, tuple)) and len(v) > 0
-                                                and all(_positive_number(c) for c in v)),
-              "a positive number or a non-empty list of them"),
-        "scale": (lambda v: v in SCALES, "one of " + ", ".join(SCALES)),
-        "C_rule": (lambda v: v in C_RULES, "one of " + ", ".join(C_RULES)),
-        "inner_folds": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2"),
-        "inner_repeats": (_positive_int, "a positive integer"),
-        "max_iter": (_positive_int, "a positive integer"),
-        "tol": (_positive_number, "a positive number"),
-        "copy": (lambda v: isinstance(v, bool), "true or false"),
-        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    },
-    "dropout": {
-        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and 0 <= v < 1, "a number in [0, 1)"),
-        "epochs": (_positive_int, "a positive integer"),
-        "optimizer": (lambda v: v in KERAS2_LEARNING_RATES,
-                      "one of " + ", ".join(KERAS2_LEARNING_RATES)),
-        "learning_rate": (lambda v: v is None or _positive_number(v), "a positive number"),
-        "batch_size": (_positive_int, "a positive integer"),
-        "validation_split": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                             and 0 <= v < 1, "a number in [0, 1)"),
-        "early_stopping": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                           "a patience in epochs (0 = off)"),
-        "standardize": (lambda v: isinstance(v, bool), "true or false"),
-        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    },
-}
-HEAD_CLASSES = {"logreg": LogisticHead, "dropout": DropoutHead}
+@dataclass(frozen=True)
+class HeadKind:
+    """One registry entry: the estimator class and the schema of its parameters."""
+
+    name: str
+    estimator: type[BaseEstimator]
+    params: dict[str, Param]
+    description: str
 
 
-def check_params(head: str, params: dict[str, Any], *, where: str,
-                 error: type[Exception] = HarnessError) -> None:
-    """Raise `error` naming `where` for a parameter of `head` with a bad value.
+HEADS: dict[str, HeadKind] = {head.name: head for head in (
+    HeadKind("logreg", LogisticHead, {
+        "C": Param(_C_values, "a positive number or a non-empty list of them"),
+        "scale": one_of(SCALES),
+        "C_rule": one_of(C_RULES),
+        "inner_folds": positive_int(2),
+        "inner_repeats": positive_int(),
+        "max_iter": positive_int(),
+        "tol": positive_number(),
+        "copy": boolean(),
+        "seed": integer(),
+    }, "scikit-learn logistic regression, C chosen by inner CV"),
+    HeadKind("dropout", DropoutHead, {
+        "dropout": fraction(),
+        "epochs": positive_int(),
+        "optimizer": one_of(KERAS2_LEARNING_RATES),
+        "learning_rate": Param(lambda v: v is None or positive_number().test(v),
+                               "a positive number"),
+        "batch_size": positive_int(),
+        "validation_split": fraction(),
+        "early_stopping": Param(lambda v: integer().test(v) and v >= 0,
+                                "a patience in epochs (0 = off)"),
+        "standardize": boolean(),
+        "seed": integer(),
+    }, "Keras Dropout -> Dense(sigmoid/softmax), the seed recipe's head"),
+)}
 
-    Used by `head_params` (config load, HarnessError) and by the heads' own `fit`
-    (ValueError, as scikit-learn estimators do), so both check the same rules.
-    """
-    checks = CHECKS[head]
-    for key, value in params.items():
-        if key in checks:
-            test, expected = checks[key]
-            if not test(value):
-                raise error(f"{where}: {key} = {value!r} must be {expected}")
+
+def get_head(head: str, *, ensemble: str) -> HeadKind:
+    """The registry entry `head`; an unknown name fails naming the ensemble."""
+    if head not in HEADS:
+        raise HarnessError(f"ensemble {ensemble!r}: unknown head {head!r}; known: "
+                           f"{', '.join(HEADS)}")
+    return HEADS[head]
 
 
 def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str, Any]:
@@ -567,18 +573,11 @@ def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str
         HarnessError: unknown head, unknown key (naming the ensemble, the key and the
             known keys) or a bad value.
     """
-    if head not in CHECKS:
-        raise HarnessError(f"ensemble {ensemble!r}: unknown head {head!r}; known: "
-                           f"{', '.join(CHECKS)}")
-    checks = CHECKS[head]
-    known = sorted(set(checks) | set(RUN_PARAMS))
+    kind = get_head(head, ensemble=ensemble)
     own = {key: value for key, value in params.items() if key not in RUN_PARAMS}
-    for key in own:
-        if key not in checks:
-            raise HarnessError(f"ensemble {ensemble!r}: unknown parameter {key!r} for head "
-                               f"{head!r}; known: {', '.join(known)}")
-    check_params(head, own, where=f"ensemble {ensemble!r}")
-    defaults = HEAD_CLASSES[head]().get_params()
+    check_params(kind.params, own, where=f"ensemble {ensemble!r}", owner=f"head {head!r}",
+                 extra=RUN_PARAMS)
+    defaults = kind.estimator().get_params()
     if head == "dropout" and own.get("early_stopping", defaults["early_stopping"]) \
             and not own.get("validation_split", defaults["validation_split"]):
         raise HarnessError(f"ensemble {ensemble!r}: early_stopping needs a validation_split "
@@ -587,12 +586,12 @@ def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str
 
 
 def make_head(head: str, params: dict[str, Any], *, ensemble: str) -> BaseEstimator:
-    """A fresh, unfitted head of kind `head` ("logreg" | "dropout") with `params`.
+    """A fresh, unfitted head of kind `head` (a HEADS name) with `params`.
 
-    Keys the run stage consumes (`clip`, `preset`) are accepted and ignored here.
+    Keys the run stage consumes (`clip`, `preset`, ...) are accepted and ignored here.
 
     Raises:
         HarnessError: unknown head, unknown parameter or bad value, naming `ensemble`.
     """
     own = head_params(head, params, ensemble=ensemble)
-    return HEAD_CLASSES[head](**own)
+    return HEADS[head].estimator(**own)

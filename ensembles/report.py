@@ -13,7 +13,7 @@ import pandas as pd
 from base.atomic import atomic_path
 from ensembles.contact_sheet import write_contact_sheet
 from ensembles.results import EnsembleResult
-from ensembles.select import uncertainties
+from ensembles.select import rank, uncertainties
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
     descending for accuracy competitions), with each score's uncertainty: fold standard
     deviation, standard error, the paired difference to the best and its standard error,
     and `within_noise` where that difference is within one standard error."""
+    results = rank(results)
     noise = uncertainties(results)
     rows = [{
         "name": r.name, "kind": r.kind, "backbones": "+".join(r.backbones), "head": r.head,
@@ -40,10 +41,7 @@ def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
         "fit_seconds": round(r.fit_seconds, 1), "reused": r.reused,
     } for r in results]
     table = pd.DataFrame(rows, columns=COLUMNS)
-    if results and results[0].metric == "accuracy":
-        return table.sort_values(["cv_accuracy", "cv_log_loss"], ascending=[False, True],
-                                 ignore_index=True)
-    return table.sort_values(["cv_log_loss_clipped", "name"], ignore_index=True)
+    return table
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from base.atomic import atomic_path
 from base.errors import HarnessError
+from competition.metrics import get_metric
 
 STRING = h5py.string_dtype()
 
@@ -66,8 +67,8 @@ class EnsembleResult:
 
     @property
     def cv_score(self) -> float:
-        """The competition's metric out of fold: clipped log loss, or accuracy."""
-        return self.cv_accuracy if self.metric == "accuracy" else self.cv_log_loss_clipped
+        """The competition's metric out of fold (its registry entry's `cv_field`)."""
+        return float(getattr(self, get_metric(self.metric).cv_field))
 
 
 def result_path(ensembles_dir: Path, name: str) -> Path:

@@ -71,7 +71,7 @@ def _calibration(params: dict[str, Any], name: str) -> str:
 
 def _clip_for(config: Config, policy: str | tuple, labels: np.ndarray,
               oof: np.ndarray, prior: float) -> tuple[float, float] | None:
-    if config.spec.metric == "accuracy" or policy == "none":
+    if not config.spec.scorer.clips or policy == "none":
         return None
     if policy == "auto":
         return cv.choose_clip(labels, oof, prior)

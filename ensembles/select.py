@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensembles.cv import accuracy, apply_clip, choose_clip, log_loss, row_log_loss
+from competition.metrics import get_metric
+from ensembles.cv import accuracy, apply_clip, choose_clip, log_loss
 from ensembles.results import EnsembleResult
 
 # How many paired standard errors from the best still count as "within noise".
@@ -50,9 +51,7 @@ class Uncertainty:
 def _row_losses(result: EnsembleResult) -> np.ndarray:
     """Per-row out-of-fold loss of the submitted probabilities (clipped as submitted)."""
     proba = apply_clip(result.oof_proba, result.clip)
-    if result.metric == "accuracy":
-        return (np.argmax(proba, axis=1) != result.oof_labels).astype(np.float64)
-    return row_log_loss(result.oof_labels, proba)
+    return get_metric(result.metric).row_loss(result.oof_labels, proba)
 
 
 def _aligned_losses(results: Sequence[EnsembleResult]) -> list[np.ndarray]:
@@ -66,6 +65,15 @@ def _aligned_losses(results: Sequence[EnsembleResult]) -> list[np.ndarray]:
             losses = losses[[position[key] for key in first]]
         out.append(losses)
     return out
+
+
+def rank(results: Sequence[EnsembleResult]) -> list[EnsembleResult]:
+    """Best CV score first (the metric's direction), ties by name: the one order the
+    report table, the selection rules and `harness upload` use."""
+    if not results:
+        return []
+    higher_better = get_metric(results[0].metric).higher_is_better
+    return sorted(results, key=lambda r: (-r.cv_score if higher_better else r.cv_score, r.name))
 
 
 def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
@@ -160,9 +168,8 @@ def choose_submission(results: Sequence[EnsembleResult],
         raise ValueError("no results to choose from")
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
-    higher_better = results[0].metric == "accuracy"
-    ranked = sorted(results, key=lambda r: (-r.cv_score if higher_better else r.cv_score,
-                                            r.name))
+    higher_better = get_metric(results[0].metric).higher_is_better
+    ranked = rank(results)
     best = ranked[0]
     if rule == "lowest-cv" or higher_better:
         return best, f"best CV score ({best.cv_score:.4f})"

@@ -62,7 +62,7 @@ def format_predictions(
     rows = proba[position[wanted].to_numpy()]
     table = pd.DataFrame({spec.id_column: wanted.to_numpy()})
     columns = _label_columns(spec, sample)
-    if spec.metric == "accuracy":
+    if spec.scorer.submits_labels:
         if len(columns) != 1:
             raise HarnessError(
                 f"{spec.slug}: an accuracy submission needs one label column, sample has {columns}"
@@ -118,7 +118,7 @@ def validate_submission(path: Path, spec: CompetitionSpec, data_dir: Path,
             f"has {sample[spec.id_column].iloc[row]!r} (ids must match the sample, in order)"
         )
     for column in _label_columns(spec, sample):
-        if spec.metric == "accuracy" and spec.task == "multiclass":
+        if spec.scorer.submits_labels and spec.task == "multiclass":
             allowed = set(classes) if classes else None
             bad = table[column].eq("") if allowed is None else ~table[column].isin(allowed)
             if bad.any():
@@ -133,7 +133,7 @@ def validate_submission(path: Path, spec: CompetitionSpec, data_dir: Path,
                 f"{path}: column {column!r} row {row + 1} is {table[column].iloc[row]!r}, "
                 "not a number"
             )
-        if spec.metric == "accuracy":
+        if spec.scorer.submits_labels:
             bad = ~values.isin((0, 1))
             what = "a class label (0 or 1)"
         else:
