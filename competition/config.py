@@ -23,6 +23,8 @@ DEFAULT_CONFIG = Path("harness.toml")
 DEFAULT_BACKBONES = ("resnet50", "inception_v3", "xception")
 TTA_MODES = ("none", "flip", "crops")
 PRECISIONS = ("float32", "mixed", "bfloat16")
+# features.engines.ENGINE_CHOICES (competition does not import features; see issue 13).
+ENGINES = ("auto", "tensorflow", "openvino", "ray")
 HEADS = ("logreg", "dropout")
 BLEND_METHODS = ("mean", "weights", "stack")
 TEST_PREDICTIONS = ("refit", "fold-mean")
@@ -46,6 +48,8 @@ class FeaturesConfig:
     threads: int = 0
     tta: str = "none"
     precision: str = "float32"
+    engine: str = "auto"
+    cluster: str = "auto"  # engine "ray": auto | local | ray://HOST:PORT | HOST:PORT
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,20 @@ def _features_from(table: dict, base: Path, source: Path | None) -> FeaturesConf
         tta=_choice(table.get("tta", "none"), TTA_MODES, "[features] tta", source),
         precision=_choice(table.get("precision", "float32"), PRECISIONS,
                           "[features] precision", source),
+        engine=_choice(table.get("engine", "auto"), ENGINES, "[features] engine", source),
+        cluster=_cluster(table.get("cluster", "auto"), source),
     )
+
+
+def _cluster(value: Any, source: Path | None) -> str:
+    # The same rule as features.ray_engine.check_cluster (competition does not import
+    # features): a typo fails at load time, not after the images are listed.
+    text = value.strip() if isinstance(value, str) else ""
+    host, _, port = text.removeprefix("ray://").rpartition(":")
+    if text in ("auto", "local") or (host and port.isdigit()):
+        return text
+    raise HarnessError(f"{_where(source)}: [features] cluster = {value!r} is not \"auto\", "
+                       "\"local\", \"ray://HOST:PORT\" or \"HOST:PORT\" (a `ray start --head`)")
 
 
 def _ensembles_from(tables: dict, default_tta: str, source: Path | None) -> dict:
@@ -347,7 +364,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         features_table.pop("weights_dir", None)
         features_table.pop("weights_for", None)
     for key in ("weights_dir", "backbones", "weights", "tta", "precision", "batch_size",
-                "threads"):
+                "threads", "engine", "cluster"):
         if key in overrides:
             value = overrides[key]
             features_table[key] = str(Path(value).resolve()) if key == "weights_dir" else value

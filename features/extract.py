@@ -242,7 +242,8 @@ def _validate(requests: Sequence[tuple[str, str]], weights: Mapping[str, Weights
 
 def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
           weights: Mapping[str, WeightsChoice], features_dir: Path, precision: str,
-          shard: tuple[int, int] | None, engine: str) -> list[_Job]:
+          shard: tuple[int, int] | None, engine: str | None = None) -> list[_Job]:
+    engine = engine or preferred_engine("auto")
     jobs = []
     # Digested once (a stat per image), not once per backbone and TTA mode.
     full_images = {"train": image_list_digest(train), "test": image_list_digest(test)}

@@ -19,6 +19,7 @@ from pathlib import Path
 from base.errors import HarnessError
 from base.logs import configure_logging
 from competition.config import PRECISIONS, Config, load_config
+from features.engines import ENGINE_CHOICES
 
 logger = logging.getLogger("harness")
 
@@ -58,6 +59,12 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         help="warnings and errors only, no progress bars")
 
 
+_ENGINE_HELP = ("inference engine of the feature extraction: auto (OpenVINO on a CPU, "
+                "TensorFlow on a GPU), tensorflow, openvino, ray")
+_CLUSTER_HELP = ("with --engine ray: auto (a running cluster, else a local Ray), local, "
+                 "ray://HOST:PORT (Ray Client) or HOST:PORT (a `ray start --head`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, one sub-command per stage."""
     parser = argparse.ArgumentParser(
@@ -91,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "1.7-2x faster on CPUs with AVX512_BF16; features change slightly")
     features.add_argument("--tta", choices=("none", "flip", "crops"),
                           help="test-time augmentation of the default feature set")
+    features.add_argument("--engine", choices=ENGINE_CHOICES, help=_ENGINE_HELP)
+    features.add_argument("--cluster", help=_CLUSTER_HELP)
 
     ensembles = verb("ensembles", "cross-validate every ensemble and blend, print the table")
     ensembles.add_argument("--only", nargs="+", metavar="NAME", help="run only these")
@@ -98,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = verb("submit", "features -> ensembles -> validated submission CSVs")
     submit.add_argument("--ensemble", help="write only this ensemble's CSV")
+    submit.add_argument("--engine", choices=ENGINE_CHOICES, help=_ENGINE_HELP)
+    submit.add_argument("--cluster", help=_CLUSTER_HELP)
 
     upload = verb("upload", "upload a validated CSV with the kaggle client and verify it")
     upload.add_argument("--ensemble", help="which ensemble (default: best CV score)")
@@ -120,6 +131,8 @@ def _load(args: argparse.Namespace) -> Config:
         # Only `harness features` has these; elsewhere the config's values stand.
         "tta": getattr(args, "tta", None),
         "precision": getattr(args, "precision", None),
+        "engine": getattr(args, "engine", None),
+        "cluster": getattr(args, "cluster", None),
         "batch_size": getattr(args, "batch_size", None) or None,
         "threads": getattr(args, "threads", None) or None,
     }

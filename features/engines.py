@@ -1,0 +1,157 @@
+"""The extraction stage's engine registry: what runs a backbone's forward pass.
+
+The Keras model of each backbone (its own preprocessing inside, BatchNormalization folded;
+see features.runtime and features.fold) is the source of truth. An inference engine runs
+it: TensorFlow directly, or OpenVINO on the same graph converted once and cached (see
+features.openvino_engine). `ray` is an executor, not an inference engine: it spreads the
+same decode + forward work over an actor pool (features.ray_engine, where present), and
+each actor runs one of the inference engines.
+
+Every forward has `.spec` (the BackboneSpec) and `__call__(images) -> np.ndarray`: GAP
+features (N, D) float32 of RGB 0-255 float images (N, S, S, 3). Decoding, TTA, part files,
+shards and bad-image handling are shared (features.extract) and never see which engine
+ran. Only the engine's name is recorded: in the fingerprint and as the file's `engine`
+attribute.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from base.errors import HarnessError
+
+logger = logging.getLogger(__name__)
+
+ENGINE_CHOICES = ("auto", "tensorflow", "openvino", "ray")
+INFERENCE_ENGINES = ("tensorflow", "openvino")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine.
+
+    Attributes:
+        name: The registry key (`--engine NAME`, `[features] engine`).
+        description: One line for `--help` and the README.
+        build: `build(spec, weights_choice, runtime, cache_dir) -> forward`, or None for an
+            executor (it runs an inference engine's forward elsewhere).
+        module: Where the engine lives (imported only when it is used).
+    """
+
+    name: str
+    description: str
+    build: Callable | None
+    module: str
+
+
+def _build_tensorflow(spec: Any, weights: Any, runtime: Any, cache_dir: Path | None) -> Any:
+    return TensorFlowForward(spec, weights.keras_arg, runtime)
+
+
+def _build_openvino(spec: Any, weights: Any, runtime: Any, cache_dir: Path | None) -> Any:
+    from features.openvino_engine import OpenVINOForward
+
+    return OpenVINOForward(spec, weights, runtime, cache_dir=cache_dir)
+
+
+ENGINES: dict[str, EngineSpec] = {
+    engine.name: engine
+    for engine in (
+        EngineSpec("tensorflow", "TensorFlow runs the Keras model (GPUs; the reference)",
+                   _build_tensorflow, "features.runtime"),
+        EngineSpec("openvino", "OpenVINO runs the Keras model converted once and cached "
+                               "(CPUs; 1.2-1.5x TensorFlow)", _build_openvino,
+                   "features.openvino_engine"),
+        EngineSpec("ray", "Ray Data spreads decode + forward over an actor pool "
+                          "(several machines or GPUs)", None, "features.ray_engine"),
+    )
+}
+assert ("auto", *ENGINES) == ENGINE_CHOICES
+
+
+def openvino_installed() -> bool:
+    """Whether the `openvino` package can be imported (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def check_engine(choice: str) -> str:
+    """`choice` if it is a known engine; a one-line HarnessError naming the known ones if not."""
+    if choice not in ENGINE_CHOICES:
+        raise HarnessError(f"engine {choice!r} is not one of {', '.join(ENGINE_CHOICES)} "
+                           "(--engine or [features] engine)")
+    if choice != "auto" and importlib.util.find_spec(ENGINES[choice].module) is None:
+        raise HarnessError(f"engine {choice!r} is not available in this version of the "
+                           "harness (no module " + ENGINES[choice].module + "); use "
+                           "--engine auto, tensorflow or openvino")
+    if choice == "openvino" and not openvino_installed():
+        raise HarnessError("engine 'openvino' needs the openvino package: "
+                           "pip install openvino (or --engine tensorflow)")
+    return choice
+
+
+def preferred_engine(choice: str) -> str:
+    """The inference engine `choice` means before knowing whether a GPU is visible.
+
+    Used to plan without importing TensorFlow: a cached file is reused or not without it.
+    """
+    if choice in INFERENCE_ENGINES:
+        return choice
+    return "openvino" if openvino_installed() else "tensorflow"
+
+
+def resolve_engine(choice: str, has_gpu: bool) -> str:
+    """The inference engine that runs the forward passes: "tensorflow" or "openvino".
+
+    `auto` (and `ray`, whose actors run an inference engine) picks TensorFlow on a GPU and
+    OpenVINO on a CPU when it is installed; an explicit engine is taken as given (OpenVINO
+    runs on the CPU even where a GPU is visible).
+    """
+    check_engine(choice)
+    if choice in INFERENCE_ENGINES:
+        return choice
+    return "tensorflow" if has_gpu or not openvino_installed() else "openvino"
+
+
+def build_forward(spec: Any, weights: Any, runtime: Any, engine: str,
+                  cache_dir: Path | None = None) -> Any:
+    """A backbone's forward pass on `engine` ("tensorflow" or "openvino", already resolved).
+
+    Args:
+        spec: The BackboneSpec.
+        weights: Its WeightsChoice (the identity keys OpenVINO's converted-model cache).
+        runtime: features.runtime.Runtime (threads, precision, batch size, strategy).
+        engine: An inference engine name (see `resolve_engine`).
+        cache_dir: Where converted models are cached (OpenVINO); None: the user cache.
+
+    Returns:
+        A forward: `.spec`, `.convert_seconds` (0.0 unless a model was converted now) and
+        `__call__(images) -> np.ndarray` float32 (N, D).
+    """
+    if engine not in INFERENCE_ENGINES:
+        raise HarnessError(f"inference engine {engine!r} is not one of "
+                           f"{', '.join(INFERENCE_ENGINES)}; resolve_engine() it first")
+    return ENGINES[engine].build(spec, weights, runtime, cache_dir)
+
+
+class TensorFlowForward:
+    """features.runtime.Forward (a tf.function over the folded Keras model), numpy out."""
+
+    engine = "tensorflow"
+    convert_seconds = 0.0
+
+    def __init__(self, spec: Any, weights: str | None, runtime: Any) -> None:
+        from features.runtime import Forward
+
+        self.spec = spec
+        self._forward = Forward(spec, weights, runtime)
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """GAP features (N, D) float32 of RGB 0-255 float images (N, S, S, 3)."""
+        return self._forward(images).numpy()
