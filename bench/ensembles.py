@@ -76,8 +76,8 @@ def child(config_path: str, name: str) -> None:
     import keras  # noqa: F401 - import cost is part of the baseline, not of the ensemble
     import sklearn.linear_model  # noqa: F401
 
-    from competition.config import load_config
     from ensembles.run import run_ensembles
+    from harness.config import load_config
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     config = load_config(Path(config_path))

@@ -49,10 +49,10 @@ def train_images(n: int):
 
 def extract(precision: str, backbone: str, n: int, out: Path) -> dict:
     """Child process: extract train features at `precision` into `out`; report timings."""
-    from competition.config import FeaturesConfig
     from competition.images import ImageList
     from competition.spec import get_spec
     from features.extract import extract_features
+    from features.settings import FeaturesConfig
     from features.weights import resolve_weights
 
     train = train_images(n)

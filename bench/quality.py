@@ -46,11 +46,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from base.workspace import Workspace
-from competition.config import Config, load_config
 from ensembles import cv
 from ensembles.run import configured_ensembles, run_ensembles
 from ensembles.select import DEFAULT_RULE, RULES, choose_submission
 from features.store import FeatureSplit, feature_path, load_split, write_feature_file
+from harness.config import Config, load_config
 
 BASELINE = "baseline LogisticRegression()"
 

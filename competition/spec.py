@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
+from base.config import check_keys, where
 from base.errors import HarnessError
 from competition.metrics import METRICS, Metric, get_metric
 
@@ -137,3 +139,32 @@ def get_spec(name: str) -> CompetitionSpec:
             f"unknown competition {name!r}; known: {', '.join(sorted(CATALOG))} "
             "(or describe a new one in a [competition] table of the config)"
         ) from None
+
+
+def spec_from_config(value: Any, source: Any = None) -> CompetitionSpec:
+    """The competition a config names: a catalog name, or a `[competition]` table with a
+    `name` (a Kaggle slug) and the fields that differ from its `base` (a catalog entry;
+    default: the same name, else "generic-folders").
+
+    Raises:
+        HarnessError: an unknown name or field, naming the config file.
+    """
+    if isinstance(value, str):
+        return get_spec(value)
+    if not isinstance(value, dict) or "name" not in value:
+        raise HarnessError(
+            f"{where(source)}: competition must be a name ({', '.join(sorted(CATALOG))}) "
+            "or a [competition] table with a name"
+        )
+    table = dict(value)
+    name = table.pop("name")
+    base = table.pop("base", name if name in CATALOG else "generic-folders")
+    if name not in CATALOG:
+        # A new slug is a Kaggle competition unless the table says otherwise, even when
+        # its layout comes from a local-only generic base.
+        table.setdefault("downloadable", True)
+    fields = {f.name for f in dataclasses.fields(CompetitionSpec)} - {"slug"}
+    check_keys(table, fields, "[competition]", source)
+    if "classes" in table:
+        table["classes"] = tuple(table["classes"])
+    return dataclasses.replace(get_spec(base), slug=name, **table)

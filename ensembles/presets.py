@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from base.errors import HarnessError
-from competition.config import EnsembleConfig
+from ensembles.settings import EnsembleConfig
 
 SEED_BACKBONES = ("resnet50", "inception_v3", "xception")
 

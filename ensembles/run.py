@@ -27,7 +27,6 @@ from sklearn.base import clone
 from tqdm import tqdm
 
 from base.errors import HarnessError
-from competition.config import BlendConfig, Config, EnsembleConfig, parse_clip
 from competition.images import list_train_images
 from ensembles import cv
 from ensembles.blend import blend, check_blend_params
@@ -37,6 +36,7 @@ from ensembles.heads import head_params, make_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.report import report_table, write_report
 from ensembles.results import EnsembleResult, load_result, save_result, saved_key
+from ensembles.settings import BlendConfig, EnsembleConfig, EnsemblesRun, parse_clip
 from features.backbones import get_backbone
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ ALGORITHM_VERSION = 2
 DEFAULT_CALIBRATION = "none"
 
 
-def _clip_policy(config: Config, params: dict[str, Any], name: str) -> str | tuple:
+def _clip_policy(config: EnsemblesRun, params: dict[str, Any], name: str) -> str | tuple:
     """The clip setting for one ensemble: its own `clip` param, else [submission] clip."""
     return parse_clip(params.get("clip", config.submission.clip), f"ensemble {name!r}")
 
@@ -69,7 +69,7 @@ def _calibration(params: dict[str, Any], name: str) -> str:
     return value
 
 
-def _clip_for(config: Config, policy: str | tuple, labels: np.ndarray,
+def _clip_for(config: EnsemblesRun, policy: str | tuple, labels: np.ndarray,
               oof: np.ndarray, prior: float) -> tuple[float, float] | None:
     if not config.spec.scorer.clips or policy == "none":
         return None
@@ -116,7 +116,7 @@ def _without_excluded(train: FeatureMatrix, exclude: tuple[str, ...],
                                labels=train.labels[keep], failed=train.failed[keep])
 
 
-def _fit_ensemble(config: Config, ens: EnsembleConfig, policy: str | tuple, key: str,
+def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, policy: str | tuple, key: str,
                   progress: bool) -> EnsembleResult:
     start = time.perf_counter()
     features_dir = config.workspace.features_dir
@@ -192,7 +192,7 @@ def _align(member: EnsembleResult, first: EnsembleResult, blend_name: str) -> En
     return aligned
 
 
-def _fit_blend(config: Config, spec: BlendConfig, members: list[EnsembleResult],
+def _fit_blend(config: EnsemblesRun, spec: BlendConfig, members: list[EnsembleResult],
                policy: str | tuple, key: str) -> EnsembleResult:
     start = time.perf_counter()
     first = members[0]
@@ -272,7 +272,7 @@ def _closure(names: Sequence[str], ensembles: dict, blends: dict) -> tuple[list,
     return [n for n in ensembles if n in want_e], [n for n in blends if n in want_b]
 
 
-def _train_image_paths(config: Config) -> dict[str, Path]:
+def _train_image_paths(config: EnsemblesRun) -> dict[str, Path]:
     """Training id -> photo, for the contact sheet; {} when the photos are not at hand."""
     try:
         train = list_train_images(config.spec, config.data_dir)
@@ -282,14 +282,14 @@ def _train_image_paths(config: Config) -> dict[str, Path]:
     return dict(zip(train.ids, train.paths))
 
 
-def configured_ensembles(config: Config) -> dict[str, EnsembleConfig]:
+def configured_ensembles(config: EnsemblesRun) -> dict[str, EnsembleConfig]:
     """The config's ensembles with presets resolved, or the default set when it has none."""
     source = config.ensembles or default_ensembles(config.features.backbones,
                                                    config.features.tta)
     return {name: resolve_preset(e) for name, e in source.items()}
 
 
-def check_ensembles(config: Config, names: Sequence[str] | None = None
+def check_ensembles(config: EnsemblesRun, names: Sequence[str] | None = None
                     ) -> tuple[dict[str, EnsembleConfig], dict[str, BlendConfig], list[str],
                                list[str]]:
     """Check every ensemble and blend the run would need, without reading any feature.
@@ -332,7 +332,7 @@ def check_ensembles(config: Config, names: Sequence[str] | None = None
     return ensembles, blends, wanted_e, order_b
 
 
-def run_ensembles(config: Config, *, names: Sequence[str] | None = None, force: bool = False,
+def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, force: bool = False,
                   progress: bool = True) -> list[EnsembleResult]:
     """Cross-validate the configured ensembles and blends; save and report them.
 

@@ -27,7 +27,6 @@ import numpy as np
 from base.atomic import remove_stale_temps
 from base.errors import HarnessError
 from base.lock import workspace_lock
-from competition.config import TTA_MODES, Config
 from competition.images import ImageList, list_test_images, list_train_images
 from features import parts as part_store
 from features.backbones import BackboneSpec, get_backbone
@@ -41,6 +40,7 @@ from features.engines import (
 )
 from features.fingerprint import describe_changes, fingerprint_of, ids_digest, image_list_digest
 from features.fold import GRAPH_VERSION
+from features.settings import TTA_MODES, FeaturesRun
 from features.shards import merge_shards, shard_images, shard_path
 from features.store import feature_path, read_attrs, read_bad
 from features.weights import WeightsChoice, resolve_weights
@@ -467,12 +467,17 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
     features_dir = Path(features_dir)
     _validate(requests, weights, shard)
 
+    if engine == "ray":
+        from features.ray_engine import check_cluster
+
+        check_cluster(cluster)
+
     def has_gpu() -> bool:
         # "ray" is an executor: the cluster's GPUs decide its actors' engine and precision.
         if engine == "ray":
             from features.ray_engine import cluster_gpus
 
-            return cluster_gpus(cluster, threads) > 0
+            return cluster_gpus(cluster) > 0
         return _has_gpu()
 
     # A writer killed during the final HDF5 write leaves its (large) temp file behind.
@@ -575,7 +580,7 @@ def _reused_result(job: _Job, images: int) -> FeatureResult:
                          [i for i, _ in bad["train"]], [i for i, _ in bad["test"]])
 
 
-def extract_for_config(config: Config, *, force: bool = False,
+def extract_for_config(config: FeaturesRun, *, force: bool = False,
                        shard: tuple[int, int] | None = None,
                        progress: bool = True) -> ExtractionReport:
     """Extract the features a configuration asks for (backbones and every ensemble's TTA).
@@ -591,7 +596,7 @@ def extract_for_config(config: Config, *, force: bool = False,
         return _extract_for_config(config, force=force, shard=shard, progress=progress)
 
 
-def _extract_for_config(config: Config, *, force: bool, shard: tuple[int, int] | None,
+def _extract_for_config(config: FeaturesRun, *, force: bool, shard: tuple[int, int] | None,
                         progress: bool) -> ExtractionReport:
     train = list_train_images(config.spec, config.data_dir)
     test = list_test_images(config.spec, config.data_dir)

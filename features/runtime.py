@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from base.errors import HarnessError
-from competition.config import PRECISIONS
 from features.fold import fold_batch_norm
+from features.settings import PRECISIONS
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Order of resolution for one backbone:
 3. else `[features] weights`: "auto" ("none" for the demo, "imagenet" otherwise),
    "imagenet", "none", or a file path.
 A command-line `--weights` replaces the file's weights_dir and weights_for (see
-`competition.config.load_config`), so the command line always wins.
+`harness.config.load_config`), so the command line always wins.
 
 A file's identity is its sha256, cached by (path, size, mtime) so that an 83 MB file is
 hashed once, not on every run.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from base.errors import HarnessError
 from base.hashing import cached_file_sha256
-from competition.config import FeaturesConfig
 from competition.spec import CompetitionSpec
 from features.backbones import get_backbone
+from features.settings import FeaturesConfig
 
 logger = logging.getLogger(__name__)
 

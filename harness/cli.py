@@ -18,8 +18,9 @@ from pathlib import Path
 
 from base.errors import HarnessError
 from base.logs import configure_logging
-from competition.config import PRECISIONS, Config, load_config
 from features.engines import ENGINE_CHOICES
+from features.settings import PRECISIONS
+from harness.config import Config, load_config
 
 logger = logging.getLogger("harness")
 

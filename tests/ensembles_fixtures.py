@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from competition.config import Config, load_config
 from features.store import FeatureSplit, feature_path
 from features.store import write_feature_file as write_store_file
+from harness.config import Config, load_config
 
 
 def write_feature_file(path: Path, *, backbone: str, classes: list[str], train_ids: list[str],

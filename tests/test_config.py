@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from base.errors import HarnessError
-from competition.config import load_config
+from harness.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

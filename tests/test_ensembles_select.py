@@ -11,7 +11,6 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from base.errors import HarnessError
-from competition.config import load_config
 from ensembles.calibrate import apply_temperature, calibrate, fit_temperature
 from ensembles.contact_sheet import costliest_rows, write_contact_sheet
 from ensembles.cv import CLIP_GRID, choose_clip, log_loss, make_folds
@@ -20,6 +19,7 @@ from ensembles.report import format_table, report_table
 from ensembles.results import EnsembleResult
 from ensembles.run import run_ensembles
 from ensembles.select import choose_submission, uncertainties
+from harness.config import load_config
 from tests.ensembles_fixtures import synthetic_features
 from tests.image_files import write_jpeg
 from tests.test_ensembles_heads import blobs
@@ -170,19 +170,19 @@ def test_excluded_ids_leave_fitting_and_change_the_key(tmp_path):
         competition = "demo"
         workspace = "work"
         [features]
-        backbones = ["a"]
+        backbones = ["mobilenet_025"]
         [cv]
         folds = 3
         exclude_ids_file = "mislabelled.txt"
         [ensembles.lr]
-        backbones = ["a"]
+        backbones = ["mobilenet_025"]
         head = "logreg"
         """)
     (tmp_path / "harness.toml").write_text(config_text)
     (tmp_path / "mislabelled.txt").write_text("# seen on the contact sheet\n3\n17  # a dog\n")
     config = load_config(tmp_path / "harness.toml")
     assert config.cv.exclude_ids == ("17", "3")
-    synthetic_features(config.workspace.features_dir, {"a": 5}, classes=["cat", "dog"],
+    synthetic_features(config.workspace.features_dir, {"mobilenet_025": 5}, classes=["cat", "dog"],
                        n_train=60)
     (excluded,) = run_ensembles(config, progress=False)
     assert len(excluded.oof_ids) == 58 and not {"3", "17"} & set(excluded.oof_ids)

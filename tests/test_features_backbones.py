@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from base.errors import HarnessError
-from competition.config import FeaturesConfig
 from competition.spec import get_spec
 from features.backbones import BACKBONES, get_backbone
+from features.settings import FeaturesConfig
 from features.weights import resolve_weights
 from tests.shared_assets import MOBILENET_WEIGHTS, shared_dir
 

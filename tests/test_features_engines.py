@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from base.errors import HarnessError
-from competition.config import load_config
 from features.backbones import BACKBONES, get_backbone
 from features.engines import (
     ENGINE_CHOICES,
@@ -26,6 +25,7 @@ from features.extract import extract_features
 from features.openvino_engine import OpenVINOForward, cache_paths
 from features.store import feature_path, load_split, read_attrs
 from features.weights import WeightsChoice
+from harness.config import load_config
 from tests.features_fixtures import image_lists, make_dataset
 from tests.shared_assets import MINI_DATA, MOBILENET_WEIGHTS, shared_dir
 

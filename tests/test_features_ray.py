@@ -214,7 +214,7 @@ def test_cluster_setting_is_checked():
         assert check_cluster(good) == good
     with pytest.raises(HarnessError, match=r"cluster 'head' is not valid: \[features\] cluster"):
         check_cluster("head")
-    from competition.config import load_config
+    from harness.config import load_config
 
     with pytest.raises(HarnessError, match=r"\[features\] cluster = 'ray://nowhere'"):
         load_config(None, {"cluster": "ray://nowhere"})

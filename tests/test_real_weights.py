@@ -12,9 +12,9 @@ import os
 
 import pytest
 
-from competition.config import load_config
 from ensembles.run import run_ensembles
 from features.extract import extract_for_config
+from harness.config import load_config
 from tests.cli_runner import mobilenet_toml
 from tests.shared_assets import shared_dir
 
