@@ -3,9 +3,11 @@
     harness [options] competitions | backbones | demo-data | download | features |
                       ensembles | submit | upload | leaderboard
 
-Every verb reads the same configuration (`--config`, default `harness.toml`) and takes
-the same overrides. A `HarnessError` becomes a one-line message and exit status 2; a
-traceback is shown only with `--verbose`.
+The CLI only parses arguments, calls `harness.pipeline` and prints. Every verb but the
+listings (`competitions`, `backbones`, which need no config) reads the same configuration
+(`--config`, default `harness.toml`) with the same overrides, checked as it loads. A
+`HarnessError` becomes a one-line message and exit status 2; a traceback is shown only
+with `--verbose`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from base.errors import HarnessError
 from base.logs import configure_logging
 from features.engines import ENGINE_CHOICES
 from features.settings import PRECISIONS
+from harness import pipeline
 from harness.config import Config, load_config
 
 logger = logging.getLogger("harness")
@@ -129,6 +131,8 @@ def _load(args: argparse.Namespace) -> Config:
         "weights_dir": args.weights_dir,
         "weights": args.weights,
         "backbones": args.backbones,
+        "ensemble": getattr(args, "ensemble", None) if getattr(args, "file", None) is None
+        else None,
         # Only `harness features` has these; elsewhere the config's values stand.
         "tta": getattr(args, "tta", None),
         "precision": getattr(args, "precision", None),
@@ -140,213 +144,75 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-class _Timer:
-    """Wall-clock seconds per stage, printed at the end of `submit`."""
+# --- verbs: parse, call harness.pipeline, print ---------------------------------------------
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, func, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            self.seconds[name] = time.perf_counter() - start
-
-    def summary(self) -> str:
-        return "  ".join(f"{name} {seconds:.1f}s" for name, seconds in self.seconds.items())
-
-
-def _import_tensorflow(args: argparse.Namespace) -> None:
-    """Import TensorFlow quietly (see features.runtime.import_tensorflow_quietly).
-    Called after the cheap input checks, so that bad input fails fast."""
-    from features.runtime import import_tensorflow_quietly
-
-    import_tensorflow_quietly(verbose=args.verbose)
-
-
-# --- verbs -----------------------------------------------------------------------------
-
-def cmd_competitions(config: Config, args: argparse.Namespace) -> None:
+def cmd_competitions(args: argparse.Namespace) -> None:
     from competition.spec import CATALOG
 
     for slug, spec in sorted(CATALOG.items()):
         print(f"{slug:38s} {spec.task:10s} {spec.metric:9s} {spec.description}")
 
 
-def cmd_backbones(config: Config, args: argparse.Namespace) -> None:
+def cmd_backbones(args: argparse.Namespace) -> None:
     from features.backbones import BACKBONES
 
     for name, spec in BACKBONES.items():
         print(f"{name:14s} {spec.input_size:4d} px  {spec.feature_dim:5d} features")
 
 
-def ensure_data(config: Config) -> None:
-    """Make sure the data folder exists: generate the demo, or say how to download."""
-    if config.spec.slug == "demo" and not (config.data_dir / "train").is_dir():
-        from competition.demo import generate_demo
-
-        generate_demo(config.data_dir)
-    elif not config.data_dir.is_dir():
-        raise HarnessError(
-            f"data folder {config.data_dir} does not exist; run `harness download` "
-            f"(make data) or pass --data-dir / DATA_DIR"
-        )
-    else:
-        from competition.download import COMPLETION_RECORD
-
-        archive = config.data_dir / f"{config.spec.slug}.zip"
-        if archive.is_file() and not (config.data_dir / COMPLETION_RECORD).is_file():
-            raise HarnessError(
-                f"{archive} was downloaded but not completely unpacked (no "
-                f"{COMPLETION_RECORD}); rerun `harness download` (make data) to finish"
-            )
-
-
-def cmd_demo_data(config: Config, args: argparse.Namespace) -> None:
+def cmd_demo_data(args: argparse.Namespace) -> None:
     from competition.demo import generate_demo
 
-    print(generate_demo(config.data_dir))
+    print(generate_demo(_load(args).data_dir))
 
 
-def cmd_download(config: Config, args: argparse.Namespace) -> None:
+def cmd_download(args: argparse.Namespace) -> None:
     from competition.download import download_competition
 
+    config = _load(args)
     files = download_competition(config.spec, config.data_dir, force=args.force)
     print(f"{len(files)} file(s) in {config.data_dir}")
 
 
-def run_features(config: Config, args: argparse.Namespace) -> object:
-    """Extract (or reuse) every feature set the configuration needs, after checking every
-    ensemble and blend (and `--ensemble NAME`), so a typo fails before hours of work."""
-    from competition.images import check_sample_submission, list_test_images
-    from ensembles.run import check_ensembles
-
-    wanted = getattr(args, "ensemble", None)
-    check_ensembles(config, [wanted] if wanted else None)
-
-    ensure_data(config)
-    check_sample_submission(config.spec, config.data_dir,
-                            list_test_images(config.spec, config.data_dir))
-    from features.backbones import get_backbone
-    from features.weights import resolve_weights
-
-    # Unknown backbones and missing weight files fail here, before TensorFlow's seconds
-    # of start-up.
-    for backbone, _ in config.feature_sets():
-        get_backbone(backbone)
-        resolve_weights(backbone, config.features, config.spec)
-    # TensorFlow is imported by the extraction itself, and only when something is left to
-    # compute: reusing cached files takes well under a second.
-    from features.extract import extract_for_config, merge_shards
-
-    merge = getattr(args, "merge", None)
-    if merge:
-        for backbone, tta in config.feature_sets():
-            print(merge_shards(config.workspace.features_dir, backbone, tta, merge))
-        return None
-    return extract_for_config(config, force=getattr(args, "force", False),
-                              shard=getattr(args, "shard", None),
-                              progress=not args.quiet)
+def cmd_features(args: argparse.Namespace) -> None:
+    outcome = pipeline.extract(_load(args), force=args.force, shard=args.shard,
+                               merge=args.merge, progress=not args.quiet)
+    if args.merge:
+        for path in outcome:
+            print(path)
 
 
-def cmd_features(config: Config, args: argparse.Namespace) -> None:
-    run_features(config, args)
-
-
-def run_ensembles(config: Config, args: argparse.Namespace) -> list:
-    """Cross-validate the ensembles and blends, print and save the comparison table."""
-    _import_tensorflow(args)
+def _print_table(results: list) -> None:
     from ensembles.report import format_table, report_table
-    from ensembles.run import run_ensembles as run
 
-    results = run(config, names=getattr(args, "only", None),
-                  force=getattr(args, "force", False), progress=not args.quiet)
     print(format_table(report_table(results)))
-    return results
 
 
-def cmd_ensembles(config: Config, args: argparse.Namespace) -> None:
-    run_ensembles(config, args)
+def cmd_ensembles(args: argparse.Namespace) -> None:
+    _print_table(pipeline.fit_ensembles(_load(args), names=args.only, force=args.force,
+                                        progress=not args.quiet, verbose=args.verbose))
 
 
-def write_submission_for(config: Config, result) -> Path:
-    """Write and validate the CSV of one ensemble result; returns its path."""
-    from submissions.writer import submission_path, write_submission
-
-    path = submission_path(config.workspace.submissions_dir, config.spec, result.name)
-    return write_submission(path, config.spec, config.data_dir, result.test_ids,
-                            result.test_proba, result.classes, result.clip)
-
-
-def _pick(results: list, name: str | None) -> list:
-    """`results` (best first), or only the one called `name`."""
-    chosen = [r for r in results if name in (None, r.name)]
-    if name and not chosen:
-        known = ", ".join(r.name for r in results) or "none"
-        raise HarnessError(f"unknown ensemble {name!r}; known: {known}")
-    return chosen
-
-
-def cmd_submit(config: Config, args: argparse.Namespace) -> None:
-    timer = _Timer()
-    timer.run("features", run_features, config, args)
-    results = timer.run("ensembles", run_ensembles, config, args)
-    from ensembles.select import choose_submission
-
-    chosen = _pick(results, args.ensemble)  # best CV score first, as run_ensembles returns
-    if args.ensemble:
-        pick, why = chosen[0], "named with --ensemble"
-    else:
-        pick, why = choose_submission(results)
-        chosen = [pick] + [r for r in chosen if r is not pick]
-    paths = timer.run("submissions", lambda: [write_submission_for(config, r) for r in chosen])
-    for path in paths:
+def cmd_submit(args: argparse.Namespace) -> None:
+    done = pipeline.submit(_load(args), ensemble=args.ensemble, progress=not args.quiet,
+                           verbose=args.verbose)
+    _print_table(done.results)
+    for path in done.paths:
         print(f"validated: {path}")
-    print(f"submission: {pick.name} -> {paths[0]} ({why})")
-    print(f"stage times: {timer.summary()}")
+    print(f"submission: {done.pick.name} -> {done.paths[0]} ({done.why})")
+    print("stage times: " + "  ".join(f"{name} {seconds:.1f}s"
+                                      for name, seconds in done.seconds.items()))
 
 
-def _chosen_upload(config: Config, args: argparse.Namespace) -> tuple[Path, str, float | None]:
-    """The CSV to upload, its ensemble name and CV score: --file, --ensemble, or the best."""
-    if args.file:
-        return args.file, args.ensemble or args.file.stem, args.cv
-    if args.cv is not None:
-        raise HarnessError("--cv goes with --file; an ensemble's CSV carries its own CV score")
-    from ensembles.results import load_result, result_path
-    from ensembles.run import configured_ensembles
-
-    names = list(configured_ensembles(config)) + list(config.blends)
-    results = [load_result(config.workspace.ensembles_dir, name) for name in names
-               if result_path(config.workspace.ensembles_dir, name).is_file()]
-    if not results:
-        raise HarnessError("no ensemble results yet; run `harness submit` (make submit) first")
-    from ensembles.select import choose_submission
-
-    chosen = _pick(results, args.ensemble)[0] if args.ensemble else \
-        choose_submission(results)[0]  # the same rule as `harness submit`
-    # Written again from the saved predictions, so the file always matches the CV score
-    # in its message (a CSV left from an earlier fit would not).
-    return write_submission_for(config, chosen), chosen.name, chosen.cv_score
-
-
-def cmd_upload(config: Config, args: argparse.Namespace) -> None:
-    from submissions.upload import upload_submission
-
-    path, ensemble, cv_score = _chosen_upload(config, args)
-    row = upload_submission(config.spec, path, ensemble=ensemble, cv_score=cv_score,
-                            data_dir=config.data_dir, ledger_path=config.workspace.ledger_path,
-                            force=args.force)
+def cmd_upload(args: argparse.Namespace) -> None:
+    path, row = pipeline.upload(_load(args), file=args.file, ensemble=args.ensemble,
+                                cv=args.cv, force=args.force)
     score = "" if row.public_score is None else f", public score {row.public_score}"
     print(f"uploaded {path.name} as {row.description!r}: {row.status}, ref {row.kaggle_ref}{score}")
 
 
-def cmd_leaderboard(config: Config, args: argparse.Namespace) -> None:
-    from submissions.leaderboard import format_leaderboard, refresh_leaderboard
-
-    report = refresh_leaderboard(config.spec, config.workspace.ledger_path,
-                                 config.workspace.submissions_dir)
-    print(format_leaderboard(report))
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    print(pipeline.leaderboard(_load(args)))
 
 
 COMMANDS = {
@@ -367,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     try:
-        COMMANDS[args.verb](_load(args), args)
+        COMMANDS[args.verb](args)
     except HarnessError as exc:
         if args.verbose:
             logger.exception("error")

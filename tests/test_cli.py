@@ -112,3 +112,20 @@ def test_ensemble_mistakes_fail_before_any_extraction(tmp_path, toml, extra, mes
     assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
     assert message in result.stderr
     assert not (tmp_path / "ws" / "features").exists()  # nothing was extracted
+
+
+@pytest.mark.parametrize("verb, expected", [("competitions", "dogs-vs-cats-redux-kernels-edition"),
+                                            ("backbones", "xception")])
+def test_listing_verbs_need_no_config(tmp_path, verb, expected):
+    (tmp_path / "harness.toml").write_text("this is [not toml", encoding="utf-8")
+    result = harness(verb, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+
+
+def test_unknown_ensemble_is_refused_before_any_work(tmp_path):
+    result = harness("submit", "--ensemble", "no-such-ensemble", cwd=tmp_path)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "unknown ensemble or blend 'no-such-ensemble'; known: " in last, result.stderr
+    assert not (tmp_path / "work").exists()
