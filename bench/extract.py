@@ -1,7 +1,11 @@
 """Benchmark: the one-pass harness vs a Keras 3 port of the seed recipe vs the model alone.
 
 Prints, from one run on N real photos (default 200):
-  (a) the harness extracting every backbone in one pass (tf.data decode once, resize per size),
+  (a) the harness extracting every backbone in one pass (tf.data decode once, resize per size)
+      on TensorFlow (`--engine tensorflow`),
+  (ov) the same on OpenVINO (`--engine openvino`, what `auto` picks on a CPU) with the
+      converted models cached (every run after the first), (ov') again in the same process
+      (steady state) and (ov cold) with an empty cache (a first run: conversion included),
   (b) the seed recipe ported to Keras 3: one `image_dataset_from_directory` (batch 16, no
       shuffle) + `model.predict` pass per backbone,
   (c) the model-only bound: each backbone's `predict` on pre-decoded, pre-resized tensors,
@@ -23,6 +27,7 @@ matmul peak measured in this run.
     python bench/extract.py --n 48                 # small N on a shared machine
     python bench/extract.py --n 200 --sweep        # plus batch/threads/XLA probes
     python bench/extract.py --bf16                 # plus the harness in bfloat16 (opt-in)
+    python bench/extract.py --ov-sweep             # OpenVINO hint/streams/batch/bf16 probes
 
 Weights default to none (random init): fine for speed, meaningless for quality.
 """
@@ -74,14 +79,14 @@ def empty_test() -> ImageList:
 
 
 def harness(images: ImageList, backbones: list[str], out: Path, batch: int, threads: int,
-            precision: str = "float32"):
+            precision: str = "float32", engine: str = "tensorflow"):
     from features.extract import extract_features
     from features.weights import WeightsChoice
 
     weights = {b: WeightsChoice(None, "none") for b in backbones}
     return extract_features(images, empty_test(), [(b, "none") for b in backbones], weights,
                             out, batch_size=batch, threads=threads, precision=precision,
-                            progress=False)
+                            progress=False, engine=engine)
 
 
 def seed_recipe(images: ImageList, backbones: list[str]) -> float:
@@ -198,6 +203,86 @@ def matmul_peak() -> tuple[float, float]:
     return 2 * n ** 3 / best / 1e9, error
 
 
+def openvino_matmul_peak() -> float:
+    """Measured fp32 GFLOPS of one 2048^3 MatMul compiled by OpenVINO for this CPU (f32)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    n = 2048
+    a, b = (ops.parameter([n, n], np.float32) for _ in range(2))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a, b])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((n, n)).astype("float32") for _ in range(2)]
+    request.infer(inputs)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        request.infer(inputs)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def openvino_sweep(backbones: list[str], n: int = 64) -> None:
+    """Forward-only OpenVINO settings on random inputs (the harness's converted graph):
+    hint, streams, batch size and bfloat16, each next to TensorFlow's tf.function."""
+    import openvino as ov
+
+    from features.backbones import get_backbone
+    from features.openvino_engine import convert
+    from features.runtime import Forward, configure
+    from features.weights import WeightsChoice
+
+    runtime = configure(batch_size=32)
+    core = ov.Core()
+
+    def rate(call, x: np.ndarray, batch: int) -> float:
+        call(x[:batch])
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            for k in range(0, len(x), batch):
+                call(x[k:k + batch])
+            best = min(best, time.perf_counter() - start)
+        return len(x) / best
+
+    for name in backbones:
+        spec = get_backbone(name)
+        size = spec.input_size
+        x = np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype("float32")
+        tf_forward = Forward(spec, None, runtime)
+        print(f"  ov-sweep {name:12s} tensorflow tf.function  batch 32: "
+              f"{rate(lambda b, f=tf_forward: f(b).numpy(), x, 32):6.2f} img/s")
+        dynamic = convert(spec, WeightsChoice(None, "none"), runtime)
+        static = ov.convert_model(tf_forward._step, input=[(32, size, size, 3)])
+        f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+        for label, model, config, batch, streams in (
+                ("LATENCY dynamic", dynamic, {**f32, "PERFORMANCE_HINT": "LATENCY"}, 32, 1),
+                ("LATENCY static", static, {**f32, "PERFORMANCE_HINT": "LATENCY"}, 32, 1),
+                ("LATENCY dynamic", dynamic, {**f32, "PERFORMANCE_HINT": "LATENCY"}, 8, 1),
+                ("LATENCY dynamic", dynamic, {**f32, "PERFORMANCE_HINT": "LATENCY"}, 64, 1),
+                ("THROUGHPUT 2 streams", dynamic,
+                 {**f32, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2}, 32, 2),
+                ("LATENCY bf16", dynamic,
+                 {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}, 32, 1)):
+            compiled = core.compile_model(model, "CPU", config)
+            if streams == 1:
+                request = compiled.create_infer_request()
+
+                def call(b, request=request):
+                    return request.infer({0: b})[0]
+            else:
+                queue = ov.AsyncInferQueue(compiled, streams)
+
+                def call(b, queue=queue, streams=streams):
+                    for part in np.array_split(b, streams):
+                        queue.start_async({0: part})
+                    queue.wait_all()
+            print(f"  ov-sweep {name:12s} {label:22s} batch {batch:2d}: "
+                  f"{rate(call, x, batch):6.2f} img/s")
+
+
 def sweep(images: ImageList, name: str) -> None:
     """Forward-only probes of one backbone: batch size, predict vs tf.function, XLA."""
     import tensorflow as tf
@@ -256,17 +341,50 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
 
     images = photos(DATA, args.n)
     load = Load()
-    if phase == "a16":
+    if phase in ("a16", "ov16"):
         with tempfile.TemporaryDirectory() as out:
             report = harness(images, backbones, Path(out), args.batch_size, args.threads,
-                             precision="bfloat16")
+                             precision="bfloat16",
+                             engine="openvino" if phase == "ov16" else "tensorflow")
         return {**extraction_times(report), "busy": load.others()}
+    if phase == "ov_cold":
+        # An empty converted-model cache: this run converts, as a first run does.
+        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
+            os.environ["HARNESS_CACHE_DIR"] = cache
+            report = harness(images, backbones, Path(out), args.batch_size, args.threads,
+                             engine="openvino")
+        return {**extraction_times(report), "busy": load.others(),
+                "convert": report.convert_seconds}
+    if phase == "ov":
+        # The converted models cached by the parent's "ov_fill" (HARNESS_CACHE_DIR): what
+        # every run after the first costs, in a fresh process.
+        with tempfile.TemporaryDirectory() as out:
+            report = harness(images, backbones, Path(out), args.batch_size, args.threads,
+                             engine="openvino")
+        busy = load.others()
+        # The same again in this process: steady state.
+        with tempfile.TemporaryDirectory() as out:
+            again = harness(images, backbones, Path(out), args.batch_size, args.threads,
+                            engine="openvino")
+        return {**extraction_times(report), "busy": busy, "convert": report.convert_seconds,
+                "steady": again.seconds - again.build_seconds}
+    if phase == "ov_fill":
+        from features.backbones import get_backbone
+        from features.engines import build_forward
+        from features.runtime import configure
+        from features.weights import WeightsChoice
+
+        runtime = configure(args.batch_size, args.threads)
+        for name in backbones:
+            build_forward(get_backbone(name), WeightsChoice(None, "none"), runtime, "openvino")
+        return {"seconds": 0.0}
     if phase == "a":
         with tempfile.TemporaryDirectory() as out:
             report = harness(images, backbones, Path(out), args.batch_size, args.threads)
             busy = load.others()
             start = time.perf_counter()
-            warm = harness(images, backbones, Path(out), args.batch_size, args.threads)
+            warm = harness(images, backbones, Path(out), args.batch_size, args.threads,
+                           engine="auto")
             warm_s = time.perf_counter() - start
             assert all(r.reused for r in warm)
         # The same extraction again in this process, into a new folder: steady state, with
@@ -326,7 +444,12 @@ def main() -> None:
                         help="fresh processes per phase; the fastest is kept (default 2)")
     parser.add_argument("--bf16", action="store_true",
                         help="also run the harness with --precision bfloat16")
-    parser.add_argument("--child-phase", choices=("a", "b", "c", "c_folded", "a16"),
+    parser.add_argument("--ov-sweep", action="store_true",
+                        help="OpenVINO hint/streams/batch/bf16 probes (forward only)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip the (ov) phase")
+    parser.add_argument("--child-phase",
+                        choices=("a", "b", "c", "c_folded", "a16", "ov", "ov_cold", "ov16",
+                                 "ov_fill"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     backbones = [b for b in args.backbones.split(",") if b]
@@ -347,9 +470,14 @@ def main() -> None:
           f"threads {args.threads or 'auto'}")
     peak, matmul_error = matmul_peak()
     # Each phase in its own fresh process, so none inherits another's warm-up.
-    phases = ("a", "b", "c", "c_folded")
+    phases = ("a", "b", "c", "c_folded") + (() if args.no_openvino else ("ov", "ov_cold"))
+    # One converted-model cache for the (ov) phases, filled once before they are timed.
+    cache = tempfile.mkdtemp(prefix="bench-openvino-")
+    os.environ["HARNESS_CACHE_DIR"] = cache
+    if not args.no_openvino:
+        phase_in_child("ov_fill", args)
     rounds = [{p: phase_in_child(p, args) for p in phases} for _ in range(args.repeats)]
-    phase_a, phase_b, phase_c, phase_cf = (fastest([r[p] for r in rounds]) for p in phases)
+    phase_a, phase_b, phase_c, phase_cf = (fastest([r[p] for r in rounds]) for p in phases[:4])
     a, busy_a, warm_s = phase_a["seconds"], phase_a["busy"], phase_a["warm"]
     a_compute = a - phase_a["build"]
     b, busy_b = phase_b["seconds"], phase_b["busy"]
@@ -375,8 +503,28 @@ def main() -> None:
     for name, seconds in phase_cf["per"].items():
         print(f"      {name:14s} predict    {seconds:7.2f} s  {n / seconds:6.2f} img/s  "
               f"({per[name] / seconds:.2f}x stock)")
-    print(f"measured fp32 matmul peak: {peak:.0f} GFLOPS (TF matmul max rel. error vs float64 "
-          f"{matmul_error:.1e}); {flops:.1f} GFLOP per image for these backbones")
+    if not args.no_openvino:
+        phase_ov = fastest([r["ov"] for r in rounds])
+        cold = fastest([r["ov_cold"] for r in rounds])
+        ov, ov_compute = phase_ov["seconds"], phase_ov["seconds"] - phase_ov["build"]
+        print(f"(ov) harness on OpenVINO : {ov:8.2f} s  {n / ov:6.2f} img/s  (converted models "
+              f"cached; reading + compiling {phase_ov['build']:.1f} s; without it "
+              f"{ov_compute:.2f} s, {n / ov_compute:.2f} img/s)  [others used "
+              f"{phase_ov['busy']:.0%} of the CPUs; {spread(phase_ov)}]")
+        print_model_times(phase_ov["per"])
+        print(f"(ov') OpenVINO again in the same process (steady state): {phase_ov['steady']:.2f} "
+              f"s, {n / phase_ov['steady']:.2f} img/s")
+        print(f"(ov cold) empty cache    : {cold['seconds']:8.2f} s  "
+              f"{n / cold['seconds']:6.2f} img/s  (builds + conversion {cold['build']:.1f} s, of "
+              f"which conversion {cold['convert']:.1f} s)  [others used {cold['busy']:.0%} of "
+              f"the CPUs; {spread(cold)}]")
+        ov_peak = openvino_matmul_peak()
+        print(f"measured fp32 matmul peak, OpenVINO: {ov_peak:.0f} GFLOPS (one 2048^3 MatMul, "
+              "best of 5)")
+        peak = max(peak, ov_peak)
+    print(f"measured fp32 matmul peak: {peak:.0f} GFLOPS (the higher of TensorFlow's and "
+          f"OpenVINO's 2048^3 matmul; TF max rel. error vs float64 {matmul_error:.1e}); "
+          f"{flops:.1f} GFLOP per image for these backbones")
 
     ab, ac, ac_setup, acf = b / a, c / a_compute, c / a, cf / a_compute
     warm_ratio = warm_s / a
@@ -391,6 +539,21 @@ def main() -> None:
         ("warm rerun / cold", f"{warm_s:.3f} s / {a:.1f} s = {warm_ratio:.4f}", "<= 0.02",
          warm_ratio <= 0.02),
     ]
+    if not args.no_openvino:
+        ov_ratio, cold_ratio = a / ov, a / cold["seconds"]
+        rows += [
+            ("ov/a harness-openvino vs harness-tensorflow (end to end, cached)",
+             f"{ov_ratio:.2f}", ">= 1.4", ov_ratio >= 1.4),
+            ("ov/a the same, first run (conversion included)", f"{cold_ratio:.2f}",
+             ">= 1.4", cold_ratio >= 1.4),
+            ("ov'/a' the same, both in steady state", f"{steady / phase_ov['steady']:.2f}",
+             ">= 1.4", steady / phase_ov["steady"] >= 1.4),
+            ("ov/b harness-openvino vs seed recipe", f"{b / ov:.2f}", ">= 1.3", b / ov >= 1.3),
+        ]
+        if not np.isnan(flops):
+            fraction = n / ov_compute / (peak / flops)
+            rows.append(("ov roofline fraction (img/s without builds / peak img/s)",
+                         f"{fraction:.2f}", ">= 0.8", fraction >= 0.8))
     if not args.no_rss:
         small, big = rss_of(n, args), rss_of(4 * n, args)
         rows.append((f"peak RSS 4N/N ({4 * n}: {big:.0f} MiB, {n}: {small:.0f} MiB)",
@@ -402,10 +565,20 @@ def main() -> None:
               f"img/s  (without builds {n / half_compute:.2f} img/s; {a_compute / half_compute:.2f}x "
               f"float32 (a))  [others used {half['busy']:.0%} of the CPUs]")
         print_model_times(half["per"])
+        if not args.no_openvino:
+            half = phase_in_child("ov16", args)
+            half_compute = half["seconds"] - half["build"]
+            print(f"(ov16) OpenVINO, bfloat16: {half['seconds']:8.2f} s  "
+                  f"{n / half['seconds']:6.2f} img/s  (without builds {n / half_compute:.2f} "
+                  f"img/s; {ov_compute / half_compute:.2f}x float32 (ov))  [others used "
+                  f"{half['busy']:.0%} of the CPUs]")
+            print_model_times(half["per"])
     print()
     print(f"==== bench/extract.py summary, N={n} ====")
     print(f"images/s: harness {n / a:.2f} (without builds {n / a_compute:.2f}), "
-          f"seed {n / b:.2f}, model-only {n / c:.2f}")
+          f"seed {n / b:.2f}, model-only {n / c:.2f}"
+          + ("" if args.no_openvino else f", harness-openvino {n / ov:.2f} (without builds "
+             f"{n / ov_compute:.2f}; first run, converting {n / cold['seconds']:.2f})"))
     print(f"a/c including the harness's builds and tracing: {ac_setup:.2f} (informative)")
     if not np.isnan(flops):
         issue_roof = ISSUE_PEAK_GFLOPS / flops
@@ -418,6 +591,8 @@ def main() -> None:
         print(f"  {'PASS' if ok else 'MISS'}  {label:60s} {value:>32s}  target {target}")
     if args.sweep:
         sweep(images, "xception")
+    if args.ov_sweep:
+        openvino_sweep(backbones)
 
 
 if __name__ == "__main__":
