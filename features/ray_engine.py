@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -96,7 +97,7 @@ def _this_machine_gpus() -> int:
         return -1
 
 
-def cluster_gpus(cluster: str, threads: int = 0) -> int:
+def cluster_gpus(cluster: str) -> int:
     """GPUs of the cluster `cluster` names (decides the inference engine and precision).
 
     A local Ray ("local", or "auto" with no cluster reachable) is this machine: its GPUs are
@@ -108,11 +109,11 @@ def cluster_gpus(cluster: str, threads: int = 0) -> int:
         gpus = _this_machine_gpus()
         if gpus >= 0:
             return gpus
-    connect(cluster, threads)
+    connect(cluster)
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def connect(cluster: str, threads: int = 0) -> bool:
+def connect(cluster: str) -> bool:
     """Connect to (or start) the Ray cluster `cluster` names; True when this call started
     or connected it (the caller shuts it down), False when Ray was already initialised
     (a notebook's or a test's own `ray.init`)."""
@@ -127,7 +128,8 @@ def connect(cluster: str, threads: int = 0) -> bool:
                               "logging_level": logging.WARNING}
     try:
         if cluster == "local" or (cluster == "auto" and not _reachable()):
-            cpus = threads if threads > 0 else (os.cpu_count() or 1)
+            # Every core of this machine; `threads` is each actor's share (_plan_actors).
+            cpus = os.cpu_count() or 1
             logger.info("ray: starting a local Ray with %d CPUs", cpus)
             ray.init(num_cpus=cpus, **kwargs)
         else:
@@ -276,7 +278,7 @@ def run_jobs(jobs: Sequence[Any], splits: Mapping[str, ImageList], *, cluster: s
         batch_size, threads, precision: As for a local run (0 chooses).
         progress: Show a tqdm bar.
     """
-    started = connect(cluster, threads)
+    started = connect(cluster)
     try:
         _run(jobs, splits, engine, batch_size, threads, precision, progress)
     finally:
@@ -314,13 +316,17 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
         "threads": threads if gpus_each else cpus, "precision": precision, "engine": engine,
         "kill_once": os.environ.get(KILL_ONCE_ENV, ""),
     }
-    mapped = ray.data.from_arrow(blocks).map_batches(
-        BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
-        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus, num_gpus=gpus_each or None,
-        # A dead actor is restarted and the batch it held retried, a bounded number of
-        # times (Ray Data's default is forever: a batch that kills every worker would hang).
-        ray_remote_args_fn=_retries)
+    with warnings.catch_warnings():
+        # ray_remote_args_fn is deprecated from Ray 2.60 (removed in 2.64) with no other
+        # way yet to bound restarts; requirements.lock pins 2.60.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mapped = ray.data.from_arrow(blocks).map_batches(
+            BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus, num_gpus=gpus_each or None,
+            # A dead actor is restarted and the batch it held retried, a bounded number of
+            # times (Ray Data's default is forever: a batch that kills every worker hangs).
+            ray_remote_args_fn=_retries)
     names = ", ".join(dict.fromkeys(job.spec.name for job in jobs))
     with tqdm(total=total, unit="img", desc=f"ray [{names}]", disable=not progress,
               dynamic_ncols=True) as bar:

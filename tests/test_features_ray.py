@@ -216,5 +216,5 @@ def test_cluster_setting_is_checked():
         check_cluster("head")
     from harness.config import load_config
 
-    with pytest.raises(HarnessError, match=r"\[features\] cluster = 'ray://nowhere'"):
+    with pytest.raises(HarnessError, match=r"cluster 'ray://nowhere' is not valid"):
         load_config(None, {"cluster": "ray://nowhere"})

@@ -1,0 +1,171 @@
+"""Benchmark: the Ray executor's overhead on one machine, and the driver's write rate.
+
+Prints, on N genuine photos of `../shared`'s dogs-vs-cats-mini (default 400, cats and dogs
+interleaved), one backbone (default xception, weights none: fine for speed):
+  local s   wall time of a fresh process running `extract_features` in process
+            (engine auto: what a plain `harness features` runs),
+  ray s     wall time of a fresh process running it with engine "ray" on a local Ray
+            (cluster "local": Ray's start-up, the actor pool, streaming and the driver's
+            part writes all included),
+  ratio     ray s / local s (target <= 1.15), best of `--repeats` rounds each,
+and, from the Ray run, the model images/s per actor. Then the driver's write rate: every
+streamed batch is one `parts.write_part` on the driver, and the end one `parts.assemble`;
+both are timed on `--write-rows` synthetic rows of the backbone's width (MB/s, rows/s),
+which bounds how many workers one driver can absorb (README: "Scaling model").
+
+    python bench/ray_overhead.py                  # 400 photos, xception, 2 rounds
+    python bench/ray_overhead.py --actors 2       # two 1-thread actors instead of one
+    python bench/ray_overhead.py --backbone resnet50 --n 200
+
+The OpenVINO conversion (engine auto on a CPU) is cached before timing, so neither side
+pays it. Run it alone on the machine (the timings are wall times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from competition.images import ImageList, natural_key
+from tests.shared_assets import MINI_DATA, shared_root
+
+DATA = shared_root() / MINI_DATA / "train"
+
+
+def photos(n: int) -> ImageList:
+    files = sorted((p for p in DATA.iterdir() if p.suffix.lower() == ".jpg"),
+                   key=lambda p: natural_key(p.name))
+    cats = [p for p in files if p.name.startswith("cat.")]
+    dogs = [p for p in files if p.name.startswith("dog.")]
+    chosen = [p for pair in zip(cats, dogs) for p in pair][:n]
+    chosen.sort(key=lambda p: natural_key(p.stem))
+    labels = np.asarray([int(p.name.startswith("dog.")) for p in chosen], np.int64)
+    return ImageList("train", tuple(p.stem for p in chosen), tuple(chosen), labels,
+                     ("cat", "dog"))
+
+
+def empty_test() -> ImageList:
+    return ImageList("test", (), (), None, ("cat", "dog"))
+
+
+def child(args: argparse.Namespace) -> None:
+    """One timed extraction in this (fresh) process; prints one JSON line."""
+    from features.extract import extract_features
+    from features.weights import WeightsChoice
+
+    engine = "ray" if args.child == "ray" else "auto"
+    threads = 1 if args.actors == 2 and engine == "ray" else 0
+    report = extract_features(photos(args.n), empty_test(), [(args.backbone, "none")],
+                              {args.backbone: WeightsChoice(None, "none")}, Path(args.out),
+                              batch_size=32, threads=threads, progress=False, engine=engine,
+                              cluster="local")
+    result = report.results[0]
+    print(json.dumps({"extract_s": report.seconds, "engine": report.engine,
+                      "img_per_s": result.images_per_s, "reused": result.reused}))
+
+
+def timed_child(mode: str, args: argparse.Namespace, out: Path, n: int | None = None) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, __file__, "--child", mode, "--out", str(out),
+               "--n", str(n or args.n), "--backbone", args.backbone,
+               "--actors", str(args.actors)]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{mode} run failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not result["reused"]
+    return {"wall_s": wall, **result}
+
+
+def write_rate(dim: int, rows: int, batch: int, folder: Path) -> dict:
+    """Seconds and rates of the driver's writes: one write_part per batch, then assemble."""
+    from features import parts as part_store
+
+    paths = tuple(folder / f"{k}.jpg" for k in range(rows))
+    ids = tuple(str(k) for k in range(rows))
+    train = ImageList("train", ids, paths, np.zeros(rows, np.int64), ("a", "b"))
+    rng = np.random.default_rng(0)
+    values = rng.random((batch, dim), dtype=np.float32)
+    parts = folder / "parts"
+    start = time.perf_counter()
+    for first in range(0, rows, batch):
+        chunk = np.arange(first, min(first + batch, rows))
+        part_store.write_part(parts, "train", chunk, [ids[r] for r in chunk],
+                              values[:len(chunk)], [""] * len(chunk))
+    write_s = time.perf_counter() - start
+    start = time.perf_counter()
+    part_store.assemble(parts, folder / "features.h5", train, empty_test(), dim, {"bench": 1})
+    assemble_s = time.perf_counter() - start
+    megabytes = rows * dim * 4 / 1e6
+    return {"rows": rows, "dim": dim, "mb": megabytes, "write_s": write_s,
+            "assemble_s": assemble_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=400, help="photos (default 400)")
+    parser.add_argument("--backbone", default="xception")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
+    parser.add_argument("--actors", type=int, choices=(1, 2), default=1,
+                        help="Ray CPU actors: 1 of every core (default) or 2 of 1 thread")
+    parser.add_argument("--write-rows", type=int, default=16384,
+                        help="synthetic rows for the write-rate measurement")
+    parser.add_argument("--child", choices=("local", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: this bench needs ../shared's genuine photos "
+                 "(or HARNESS_SHARED)")
+    from features.backbones import get_backbone
+
+    dim = get_backbone(args.backbone).feature_dim
+    with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:
+        folder = Path(tmp)
+        timed_child("local", args, folder / "warm", n=4)  # caches the OpenVINO conversion
+        runs: dict[str, list[dict]] = {"local": [], "ray": []}
+        for _ in range(args.repeats):
+            for mode in ("local", "ray"):
+                runs[mode].append(timed_child(mode, args, folder / mode))
+                print(f"  {mode:5s} {runs[mode][-1]['wall_s']:6.1f} s wall "
+                      f"(extract_features {runs[mode][-1]['extract_s']:.1f} s, "
+                      f"{runs[mode][-1]['img_per_s']:.1f} img/s model time, "
+                      f"engine {runs[mode][-1]['engine']})", flush=True)
+        local = min(runs["local"], key=lambda r: r["wall_s"])
+        ray = min(runs["ray"], key=lambda r: r["wall_s"])
+        rate = write_rate(dim, args.write_rows, 32, folder / "write")
+    ratio = ray["wall_s"] / local["wall_s"]
+    print(f"\n{args.n} photos, {args.backbone} (weights none), batch 32, "
+          f"{args.actors} Ray CPU actor(s), best of {args.repeats} fresh processes each:")
+    print(f"local s  {local['wall_s']:7.1f}   (engine {local['engine']}, "
+          f"{local['img_per_s']:.1f} img/s model time)")
+    print(f"ray s    {ray['wall_s']:7.1f}   (engine {ray['engine']}, "
+          f"{ray['img_per_s']:.1f} img/s model time per actor)")
+    print(f"ratio    {ratio:7.3f}   target <= 1.15: {'PASS' if ratio <= 1.15 else 'MISS'}")
+    total = rate["write_s"] + rate["assemble_s"]
+    print(f"driver writes, {rate['rows']} rows x {rate['dim']} float32 ({rate['mb']:.0f} MB), "
+          "batches of 32:")
+    print(f"  write_part  {rate['mb'] / rate['write_s']:7.0f} MB/s  "
+          f"{rate['rows'] / rate['write_s']:8.0f} rows/s")
+    print(f"  assemble    {rate['mb'] / rate['assemble_s']:7.0f} MB/s  "
+          f"{rate['rows'] / rate['assemble_s']:8.0f} rows/s")
+    print(f"  both        {rate['mb'] / total:7.0f} MB/s  {rate['rows'] / total:8.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()
