@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from base.config import (
     Param,
@@ -54,15 +56,17 @@ RUN_PARAMS = {"clip": "clip bounds: \"auto\", \"none\" or [low, high]",
 
 
 def _check_X(head: BaseEstimator, X: Any, *, fitted: bool) -> np.ndarray:
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"{type(head).__name__} expects a 2-D feature matrix, got shape "
-                         f"{X.shape}")
-    if X.dtype != np.float32:
-        X = X.astype(np.float32)
+    """X as a dense, finite, 2-D float32 array (no copy when it already is one), as
+    scikit-learn's own estimators check it."""
+    if fitted:
+        check_is_fitted(head)
+    # dtype float32: a float32 cache passes through without a copy; a float64 input is
+    # converted once, as before. Sparse, complex, 1-D and NaN inputs fail with sklearn's
+    # messages.
+    X = check_array(X, dtype=np.float32, accept_sparse=False, estimator=head)
     if fitted and X.shape[1] != head.n_features_in_:
-        raise ValueError(f"X has {X.shape[1]} features, but {type(head).__name__} was fitted "
-                         f"with {head.n_features_in_}")
+        raise ValueError(f"X has {X.shape[1]} features, but {type(head).__name__} is "
+                         f"expecting {head.n_features_in_} features as input")
     return X
 
 
@@ -82,13 +86,17 @@ def _check_rows(X: np.ndarray, rows: Any) -> np.ndarray | None:
 
 
 def _encode(head: BaseEstimator, y: Any, n_rows: int) -> np.ndarray:
-    y = np.asarray(y)
+    if y is None:
+        raise ValueError(f"{type(head).__name__} requires y to be passed, but the target y "
+                         "is None")
+    y = column_or_1d(y, warn=True)
     if y.shape != (n_rows,):
         raise ValueError(f"y has shape {y.shape}, but X has {n_rows} rows")
+    check_classification_targets(y)  # a continuous target is a mistake, not 1000 classes
     head.classes_, codes = np.unique(y, return_inverse=True)
     if len(head.classes_) < 2:
         raise ValueError(f"{type(head).__name__} needs at least 2 classes in y, got "
-                         f"{len(head.classes_)} ({head.classes_.tolist()})")
+                         f"{len(head.classes_)} class ({head.classes_.tolist()})")
     return codes.astype(np.int64)
 
 
@@ -286,7 +294,8 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: an unfitted head raises NotFittedError
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class DropoutHead(ClassifierMixin, BaseEstimator):
@@ -443,7 +452,8 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # first: an unfitted head raises NotFittedError
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 @functools.cache

@@ -36,7 +36,7 @@ def test_logistic_head_contract_and_string_classes():
 def test_feature_count_error_names_the_counts():
     X, y = blobs(d=8)
     head = LogisticHead().fit(X, y)
-    with pytest.raises(ValueError, match="X has 6 features, but LogisticHead was fitted with 8"):
+    with pytest.raises(ValueError, match="X has 6 features, but LogisticHead is expecting 8 features"):
         head.predict_proba(X[:, :6])
 
 
@@ -79,7 +79,7 @@ def test_dropout_head_binary_learns_and_records_history():
     assert np.mean(proba.argmax(axis=1) == y) > 0.9
     assert set(head.history_) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert 1 <= head.n_epochs_ <= 6
-    with pytest.raises(ValueError, match="X has 10 features, but DropoutHead was fitted with 16"):
+    with pytest.raises(ValueError, match="X has 10 features, but DropoutHead is expecting 16 features"):
         head.predict_proba(X[:, :10])
 
 
