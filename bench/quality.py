@@ -122,12 +122,15 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--fit-share", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, help="override the config's [cv] folds")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
     config = load_config(args.config)
+    if args.folds:
+        config = dataclasses.replace(config, cv=dataclasses.replace(config.cv, folds=args.folds))
     splits = load_train(config)
     first = next(iter(splits.values()))
     labels = first.labels
