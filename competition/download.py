@@ -23,14 +23,14 @@ from base.kaggle_client import (
     kaggle_session,
     local_only_error,
 )
-from competition.archives import extract_nested, safe_extract
+from competition.archives import extract_nested
 from competition.spec import CompetitionSpec
 
 logger = logging.getLogger(__name__)
 
 COMPLETION_RECORD = ".harness-download.json"
 
-__all__ = ["COMPLETION_RECORD", "download_competition", "safe_extract"]
+__all__ = ["COMPLETION_RECORD", "download_competition"]
 
 
 def _read_record(data_dir: Path, slug: str) -> list[Path] | None:

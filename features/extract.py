@@ -41,14 +41,13 @@ from features.engines import (
 from features.fingerprint import describe_changes, fingerprint_of, ids_digest, image_list_digest
 from features.fold import GRAPH_VERSION
 from features.settings import TTA_MODES, FeaturesRun
-from features.shards import merge_shards, shard_images, shard_path
+from features.shards import shard_images, shard_path
 from features.store import feature_path, read_attrs, read_bad
 from features.weights import WeightsChoice, resolve_weights
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExtractionReport", "FeatureResult", "extract_features", "extract_for_config",
-           "merge_shards"]
+__all__ = ["ExtractionReport", "FeatureResult", "extract_features", "extract_for_config"]
 
 RESIZE = "bilinear"  # tf.image.resize, as keras.utils.image_dataset_from_directory does
 CROP_SCALE = 256 / 224  # 10-crop: resize to 256 for 224 crops (342 for 299), as in AlexNet

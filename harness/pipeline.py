@@ -61,7 +61,8 @@ def extract(config: Config, *, force: bool = False, shard: tuple[int, int] | Non
         resolve_weights(backbone, config.features, config.spec)
     # TensorFlow is imported by the extraction itself, and only when something is left to
     # compute: reusing cached files takes well under a second.
-    from features.extract import extract_for_config, merge_shards
+    from features.extract import extract_for_config
+    from features.shards import merge_shards
 
     if merge:
         return [merge_shards(config.workspace.features_dir, backbone, tta, merge)

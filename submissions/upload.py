@@ -52,7 +52,7 @@ from submissions.writer import validate_submission
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RetryPolicy", "file_sha256", "submission_message", "upload_submission"]
+__all__ = ["submission_message", "upload_submission"]
 
 
 def submission_message(ensemble: str, cv_score: float | None, sha256: str) -> str:

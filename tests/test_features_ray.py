@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from base.errors import HarnessError
-from features.extract import extract_features, merge_shards
+from features.extract import extract_features
 from features.ray_engine import KILL_ONCE_ENV, check_cluster
+from features.shards import merge_shards
 from features.store import feature_path, load_split, read_attrs, read_bad
 from features.weights import WeightsChoice
 from tests.features_fixtures import (

@@ -16,12 +16,14 @@ import pytest
 from PIL import Image
 
 from base.errors import HarnessError
+from base.hashing import file_sha256
 from base.kaggle_client import RetryPolicy
-from competition.download import COMPLETION_RECORD, download_competition, safe_extract
+from competition.archives import safe_extract
+from competition.download import COMPLETION_RECORD, download_competition
 from competition.spec import get_spec
 from submissions.leaderboard import format_leaderboard, refresh_leaderboard
 from submissions.ledger import Ledger
-from submissions.upload import file_sha256, upload_submission
+from submissions.upload import upload_submission
 from tests.fake_kaggle import (
     TEST_IDS,
     FakeKaggle,
