@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp",
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp",
                                 dir=path.parent)
     try:
         os.fchmod(fd, usual_mode())
@@ -74,7 +75,7 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
 
-def _writer_tag() -> str:
+def writer_tag() -> str:
     return f"{_host()}-{os.getpid()}"
 
 
@@ -89,7 +90,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files under `folder` (recursively) whose writer is gone.
+    """Delete the temporary files (and staging folders named like them:
+    `.NAME.HOST-PID.XXXX.tmp`) under `folder` (recursively) whose writer is gone.
 
     A writer killed mid-write (SIGKILL, power loss) cannot clean up its temp file, which may
     be hundreds of MB (a feature file). Only files written by `atomic_path` on this host by a
@@ -108,8 +110,12 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         if not match or match["host"] != host or _alive(int(match["pid"])):
             continue
         try:
-            size = path.stat().st_size
-            path.unlink()
+            if path.is_dir():
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path)
+            else:
+                size = path.stat().st_size
+                path.unlink()
         except FileNotFoundError:
             continue
         logger.info("removed %s (%d bytes) left by a killed writer (pid %s)", path, size,

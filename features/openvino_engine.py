@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from base.atomic import atomic_path
+from base.atomic import atomic_path, remove_stale_temps, writer_tag
 from features.fold import GRAPH_VERSION
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def load_or_convert(spec: Any, weights: Any, runtime: Any, cache_dir: Path) -> t
     import openvino as ov
 
     xml, binary = cache_paths(cache_dir, spec, weights.identity)
+    remove_stale_temps(xml.parent)
     core = ov.Core()
     if xml.is_file():
         try:
@@ -151,7 +152,10 @@ def _save(model: Any, xml: Path, binary: Path) -> None:
     import openvino as ov
 
     xml.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=xml.parent, prefix=".converting-") as folder:
+    # Named like atomic_path's temp files, so a converter killed here leaves a folder that
+    # the next load_or_convert removes (remove_stale_temps).
+    with tempfile.TemporaryDirectory(dir=xml.parent, prefix=f".converting.{writer_tag()}.",
+                                     suffix=".tmp") as folder:
         staged = Path(folder) / "model.xml"
         ov.save_model(model, staged, compress_to_fp16=False)
         # OpenVINO finds the weights as the .bin beside the .xml with the same stem.

@@ -8,10 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from base.atomic import writer_tag
 from base.errors import HarnessError
 from features.backbones import BACKBONES, get_backbone
 from features.engines import (
@@ -146,10 +149,18 @@ def test_converted_models_are_cached_and_a_damaged_entry_is_converted_again(
     assert cache_paths(tmp_path, get_backbone("mobilenet_025"), NONE.identity)[0] != xml
 
     xml.write_text("<not an openvino model", encoding="utf-8")
+    # A converter killed mid-save left its staging folder (named with its host and pid).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    tag = f"{writer_tag().rsplit('-', 1)[0]}-{gone.stdout.strip()}"
+    stale = tmp_path / f".converting.{tag}.abc123.tmp"
+    stale.mkdir()
+    (stale / "model.bin").write_bytes(b"half")
     with caplog.at_level(logging.WARNING, logger="features.openvino_engine"):
         repaired = OpenVINOForward(spec, NONE, runtime, cache_dir=tmp_path)
     assert repaired.convert_seconds > 0 and "converting again" in caplog.text
     np.testing.assert_array_equal(repaired(images), cold(images))
+    assert not stale.exists()
 
 
 def test_flip_tta_keeps_both_outputs_of_one_request(runtime, tmp_path):
