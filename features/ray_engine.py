@@ -109,8 +109,12 @@ def cluster_gpus(cluster: str) -> int:
         gpus = _this_machine_gpus()
         if gpus >= 0:
             return gpus
-    connect(cluster)
-    return int(ray.cluster_resources().get("GPU", 0))
+    started = connect(cluster)
+    try:
+        return int(ray.cluster_resources().get("GPU", 0))
+    finally:
+        if started:  # run_jobs connects again only if there is work
+            ray.shutdown()
 
 
 def connect(cluster: str) -> bool:
@@ -143,18 +147,23 @@ def connect(cluster: str) -> bool:
     return True
 
 
-def _plan_actors(gpus: int, threads: int) -> tuple[int, int, int]:
-    """(actors, CPUs per actor, GPUs per actor): one actor per GPU, or CPU actors of
-    `threads` cores each (0: a node's cores, i.e. one actor per node; on 2 cores one actor
-    of 2 threads beat two of 1, see bench/ray_overhead.py)."""
+def _plan_actors(gpus: int, threads: int) -> tuple[int, int, int, int]:
+    """(actors, CPUs reserved per actor, GPUs per actor, the actor's `threads` setting).
+
+    One actor per GPU (threads as given: 0 lets it decode on every core), or CPU actors of
+    `threads` cores each; with threads 0, one actor per machine, which runs with the
+    engine's own thread defaults exactly as a local run there would (on 2 cores one actor
+    of 2 threads ran 2.2x faster than two of 1, see bench/ray_overhead.py)."""
     import ray
 
     if gpus > 0:
-        return gpus, 1, 1
+        return gpus, 1, 1, threads
     nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
     nodes = [c for c in nodes if c >= 1] or [1]
     per_actor = max(1, min(threads if threads > 0 else min(nodes), max(nodes)))
-    return max(1, sum(c // per_actor for c in nodes)), per_actor, 0
+    actors = max(1, sum(c // per_actor for c in nodes))
+    whole_machines = threads <= 0 and len(set(nodes)) == 1
+    return actors, per_actor, 0, 0 if whole_machines else per_actor
 
 
 def _retries() -> dict:
@@ -293,7 +302,7 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     import ray
     from tqdm.auto import tqdm
 
-    from features.extract import _sizes
+    from features.extract import job_side
     from features.runtime import CPU_BATCH, GPU_BATCH_PER_REPLICA
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -303,17 +312,16 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     total = sum(len(b) for b in blocks)
     if not total:
         return
-    actors, cpus, gpus_each = _plan_actors(gpus, threads)
+    actors, cpus, gpus_each, actor_threads = _plan_actors(gpus, threads)
     actors = min(actors, len(blocks))
     logger.info("ray: %d rows in %d batches on %d actor(s) of %d CPU(s)%s, engine %s", total,
                 len(blocks), actors, cpus, " + 1 GPU" if gpus_each else "", engine)
     _quiet_ray_data(ray)
     constructor = {
         "jobs": [(job.spec.name, job.tta, job.weights) for job in jobs],
-        "sizes": _sizes(jobs), "batch_size": batch_size,
-        # GPU actors decode with every core of their machine (threads 0), CPU actors
-        # compute with the cores Ray reserved for them.
-        "threads": threads if gpus_each else cpus, "precision": precision, "engine": engine,
+        "sizes": sorted({job_side(job.spec, job.tta) for job in jobs}),
+        "batch_size": batch_size, "threads": actor_threads, "precision": precision,
+        "engine": engine,
         "kill_once": os.environ.get(KILL_ONCE_ENV, ""),
     }
     with warnings.catch_warnings():
