@@ -219,3 +219,22 @@ def test_cluster_setting_is_checked():
 
     with pytest.raises(HarnessError, match=r"cluster 'ray://nowhere' is not valid"):
         load_config(None, {"cluster": "ray://nowhere"})
+
+
+def test_the_cli_runs_on_the_cluster_it_is_given(tmp_path, local_ray):
+    from competition.demo import generate_demo
+    from tests.cli_runner import mobilenet_toml, run_harness
+
+    (tmp_path / "harness.toml").write_text(
+        mobilenet_toml('competition = "demo"\nworkspace = "ws"', heads={"logreg": ""}))
+    generate_demo(tmp_path / "ws" / "data", n_train=12, n_test=4)
+    env = dict(os.environ)  # HOME holds Ray's auth token for the module's cluster
+    bad = run_harness("features", "--engine", "ray", "--cluster", "nowhere", cwd=tmp_path,
+                      env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "cluster 'nowhere' is not valid" in bad.stderr
+    done = run_harness("-q", "features", "--engine", "ray", "--cluster", local_ray,
+                       cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    attrs = read_attrs(feature_path(tmp_path / "ws" / "features", "mobilenet_025"))
+    assert attrs["complete"] and attrs["executor"] == "ray"
