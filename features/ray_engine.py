@@ -242,12 +242,8 @@ class BatchWorker:
 
 def _build_forward(spec: Any, weights: Any, runtime: Any, engine: str) -> Any:
     """The forward pass of `spec` on `engine`, built as a local run builds it."""
-    try:
-        from features.engines import build_forward
-    except ImportError:  # before the engine registry (issue 14): TensorFlow only
-        from features.runtime import Forward
+    from features.engines import build_forward
 
-        return Forward(spec, weights.keras_arg, runtime)
     return build_forward(spec, weights, runtime, engine)
 
 
