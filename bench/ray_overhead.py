@@ -1,7 +1,7 @@
 """Benchmark: the Ray executor's overhead on one machine, and the driver's write rate.
 
 Prints, on N genuine photos of `../shared`'s dogs-vs-cats-mini (default 400, cats and dogs
-interleaved), one backbone (default xception, weights none: fine for speed):
+interleaved), one or more backbones (default xception, weights none: fine for speed):
   local s   wall time of a fresh process running `extract_features` in process
             (engine auto: what a plain `harness features` runs),
   ray s     wall time of a fresh process running it with engine "ray" on a local Ray
@@ -15,7 +15,7 @@ which bounds how many workers one driver can absorb (README: "Scaling model").
 
     python bench/ray_overhead.py                  # 400 photos, xception, 2 rounds
     python bench/ray_overhead.py --actors 2       # two 1-thread actors instead of one
-    python bench/ray_overhead.py --backbone resnet50 --n 200
+    python bench/ray_overhead.py --backbones resnet50,inception_v3,xception
 
 The OpenVINO conversion (engine auto on a CPU) is cached before timing, so neither side
 pays it. Run it alone on the machine (the timings are wall times).
@@ -66,19 +66,22 @@ def child(args: argparse.Namespace) -> None:
 
     engine = "ray" if args.child == "ray" else "auto"
     threads = 1 if args.actors == 2 and engine == "ray" else 0
-    report = extract_features(photos(args.n), empty_test(), [(args.backbone, "none")],
-                              {args.backbone: WeightsChoice(None, "none")}, Path(args.out),
+    backbones = args.backbones.split(",")
+    report = extract_features(photos(args.n), empty_test(), [(b, "none") for b in backbones],
+                              {b: WeightsChoice(None, "none") for b in backbones}, Path(args.out),
                               batch_size=32, threads=threads, progress=False, engine=engine,
                               cluster="local")
-    result = report.results[0]
+    # Images per second of model time over all backbones (one image through every one).
+    model_s = sum(r.seconds for r in report.results)
     print(json.dumps({"extract_s": report.seconds, "engine": report.engine,
-                      "img_per_s": result.images_per_s, "reused": result.reused}))
+                      "img_per_s": args.n / model_s if model_s else 0.0,
+                      "reused": any(r.reused for r in report.results)}))
 
 
 def timed_child(mode: str, args: argparse.Namespace, out: Path, n: int | None = None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "--child", mode, "--out", str(out),
-               "--n", str(n or args.n), "--backbone", args.backbone,
+               "--n", str(n or args.n), "--backbones", args.backbones,
                "--actors", str(args.actors)]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -117,7 +120,8 @@ def write_rate(dim: int, rows: int, batch: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400, help="photos (default 400)")
-    parser.add_argument("--backbone", default="xception")
+    parser.add_argument("--backbones", default="xception",
+                        help="comma-separated (default xception)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
     parser.add_argument("--actors", type=int, choices=(1, 2), default=1,
                         help="Ray CPU actors: 1 of every core (default) or 2 of 1 thread")
@@ -134,7 +138,7 @@ def main() -> None:
                  "(or HARNESS_SHARED)")
     from features.backbones import get_backbone
 
-    dim = get_backbone(args.backbone).feature_dim
+    dim = max(get_backbone(b).feature_dim for b in args.backbones.split(","))
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:
         folder = Path(tmp)
         timed_child("local", args, folder / "warm", n=4)  # caches the OpenVINO conversion
@@ -150,7 +154,7 @@ def main() -> None:
         ray = min(runs["ray"], key=lambda r: r["wall_s"])
         rate = write_rate(dim, args.write_rows, 32, folder / "write")
     ratio = ray["wall_s"] / local["wall_s"]
-    print(f"\n{args.n} photos, {args.backbone} (weights none), batch 32, "
+    print(f"\n{args.n} photos, {args.backbones} (weights none), batch 32, "
           f"{args.actors} Ray CPU actor(s), best of {args.repeats} fresh processes each:")
     print(f"local s  {local['wall_s']:7.1f}   (engine {local['engine']}, "
           f"{local['img_per_s']:.1f} img/s model time)")
