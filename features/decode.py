@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,4 +115,7 @@ def decode_file(path: str | Path, min_side: int = 0) -> tuple[np.ndarray | None,
             return pixels, ""
         return None, "cannot decode (empty image)"
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        return None, f"cannot decode ({type(exc).__name__}: {str(exc)[:120]})"
+        # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x7f...>"): an address
+        # that differs on every run would make the same bad file's reason differ too.
+        message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(exc))
+        return None, f"cannot decode ({type(exc).__name__}: {message[:120]})"

@@ -190,6 +190,8 @@ def test_bad_images_keep_ids_aligned(tmp_path):
         reasons = dict(handle["train/skipped"].asstr()[()])
     assert reasons[f"square.{20 + BAD_KINDS.index('zero_byte')}"] == "empty file (0 bytes)"
     assert "cannot decode" in reasons[f"square.{20 + BAD_KINDS.index('not_an_image')}"]
+    # The same bad file gives the same reason on every run (no object address in it).
+    assert "0x" not in reasons[f"square.{20 + BAD_KINDS.index('not_an_image')}"]
     assert reasons[f"square.{20 + BAD_KINDS.index('truncated_half')}"].startswith(
         "truncated JPEG (image file is truncated")
     # Alignment: each readable image's row equals that image extracted on its own.
