@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from competition.images import ImageList, natural_key
-from tests.shared_assets import MINI_DATA, shared_root
+from competition.images import ImageList
+from tests.shared_assets import MINI_DATA, mini_photos, no_test_images, shared_root
 
 DATA = shared_root() / MINI_DATA / "train"
 ISSUE_PEAK_GFLOPS = 196  # the issue's measured fp32 peak: 5.4 img/s for the three backbones
@@ -61,30 +61,13 @@ GFLOP_PER_IMAGE = {"resnet50": 8.2, "inception_v3": 11.4, "xception": 16.7,
                    "vgg16": 31.0, "mobilenet_025": 0.08}
 
 
-def photos(data: Path, n: int) -> ImageList:
-    files = sorted((p for p in data.iterdir() if p.suffix.lower() == ".jpg"),
-                   key=lambda p: natural_key(p.name))
-    # Interleave cats and dogs so any N holds both classes.
-    cats = [p for p in files if p.name.startswith("cat.")]
-    dogs = [p for p in files if p.name.startswith("dog.")]
-    chosen = [p for pair in zip(cats, dogs) for p in pair][:n]
-    chosen.sort(key=lambda p: natural_key(p.stem))
-    labels = np.asarray([int(p.name.startswith("dog.")) for p in chosen], np.int64)
-    return ImageList("train", tuple(p.stem for p in chosen), tuple(chosen), labels,
-                     ("cat", "dog"))
-
-
-def empty_test() -> ImageList:
-    return ImageList("test", (), (), None, ("cat", "dog"))
-
-
 def harness(images: ImageList, backbones: list[str], out: Path, batch: int, threads: int,
             precision: str = "float32", engine: str = "tensorflow"):
     from features.extract import extract_features
     from features.weights import WeightsChoice
 
     weights = {b: WeightsChoice(None, "none") for b in backbones}
-    return extract_features(images, empty_test(), [(b, "none") for b in backbones], weights,
+    return extract_features(images, no_test_images(), [(b, "none") for b in backbones], weights,
                             out, batch_size=batch, threads=threads, precision=precision,
                             progress=False, engine=engine)
 
@@ -311,7 +294,7 @@ def sweep(images: ImageList, name: str) -> None:
 
 
 def child_rss(n: int, backbones: list[str], batch: int, threads: int) -> None:
-    images = photos(DATA, n)
+    images = mini_photos(n)
     with tempfile.TemporaryDirectory() as out:
         harness(images, backbones, Path(out), batch, threads)
     print(f"RSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
@@ -339,7 +322,7 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
     """One timed phase, in a process of its own (see `phase_in_child`)."""
     import tensorflow  # noqa: F401 - imported before timing: no phase pays for it
 
-    images = photos(DATA, args.n)
+    images = mini_photos(args.n)
     load = Load()
     if phase in ("a16", "ov16"):
         with tempfile.TemporaryDirectory() as out:
@@ -463,7 +446,7 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.ERROR)
     import tensorflow  # noqa: F401 - for the matmul peak; each timed phase imports its own
-    images = photos(DATA, args.n)
+    images = mini_photos(args.n)
     n = len(images)
     print(f"bench/extract.py: N={n} photos from {DATA}, backbones {backbones}, weights none, "
           f"{os.cpu_count()} CPUs, batch {args.batch_size or 'auto'}, "

@@ -37,26 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from competition.images import ImageList, natural_key
-from tests.shared_assets import MINI_DATA, shared_root
+from competition.images import ImageList
+from tests.shared_assets import MINI_DATA, mini_photos, no_test_images, shared_root
 
 DATA = shared_root() / MINI_DATA / "train"
-
-
-def photos(n: int) -> ImageList:
-    files = sorted((p for p in DATA.iterdir() if p.suffix.lower() == ".jpg"),
-                   key=lambda p: natural_key(p.name))
-    cats = [p for p in files if p.name.startswith("cat.")]
-    dogs = [p for p in files if p.name.startswith("dog.")]
-    chosen = [p for pair in zip(cats, dogs) for p in pair][:n]
-    chosen.sort(key=lambda p: natural_key(p.stem))
-    labels = np.asarray([int(p.name.startswith("dog.")) for p in chosen], np.int64)
-    return ImageList("train", tuple(p.stem for p in chosen), tuple(chosen), labels,
-                     ("cat", "dog"))
-
-
-def empty_test() -> ImageList:
-    return ImageList("test", (), (), None, ("cat", "dog"))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -67,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
     engine = "ray" if args.child == "ray" else "auto"
     threads = 1 if args.actors == 2 and engine == "ray" else 0
     backbones = args.backbones.split(",")
-    report = extract_features(photos(args.n), empty_test(), [(b, "none") for b in backbones],
+    report = extract_features(mini_photos(args.n), no_test_images(), [(b, "none") for b in backbones],
                               {b: WeightsChoice(None, "none") for b in backbones}, Path(args.out),
                               batch_size=32, threads=threads, progress=False, engine=engine,
                               cluster="local")
@@ -110,7 +94,7 @@ def write_rate(dim: int, rows: int, batch: int, folder: Path) -> dict:
                               values[:len(chunk)], [""] * len(chunk))
     write_s = time.perf_counter() - start
     start = time.perf_counter()
-    part_store.assemble(parts, folder / "features.h5", train, empty_test(), dim, {"bench": 1})
+    part_store.assemble(parts, folder / "features.h5", train, no_test_images(), dim, {"bench": 1})
     assemble_s = time.perf_counter() - start
     megabytes = rows * dim * 4 / 1e6
     return {"rows": rows, "dim": dim, "mb": megabytes, "write_s": write_s,

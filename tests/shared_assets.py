@@ -32,3 +32,29 @@ def shared_dir() -> Path:
             pytest.fail(f"{reason} (CI is set, so this test must run)")
         pytest.skip(reason)
     return path
+
+
+def mini_photos(n: int, data: Path | None = None):
+    """The first `n` genuine training photos of the mini set (or of `data`), cats and dogs
+    interleaved so any n holds both classes, as a train ImageList (for benches)."""
+    import numpy as np
+
+    from competition.images import ImageList, natural_key
+
+    data = data or shared_root() / MINI_DATA / "train"
+    files = sorted((p for p in data.iterdir() if p.suffix.lower() == ".jpg"),
+                   key=lambda p: natural_key(p.name))
+    cats = [p for p in files if p.name.startswith("cat.")]
+    dogs = [p for p in files if p.name.startswith("dog.")]
+    chosen = [p for pair in zip(cats, dogs) for p in pair][:n]
+    chosen.sort(key=lambda p: natural_key(p.stem))
+    labels = np.asarray([int(p.name.startswith("dog.")) for p in chosen], np.int64)
+    return ImageList("train", tuple(p.stem for p in chosen), tuple(chosen), labels,
+                     ("cat", "dog"))
+
+
+def no_test_images():
+    """An empty test ImageList (benches extract train photos only)."""
+    from competition.images import ImageList
+
+    return ImageList("test", (), (), None, ("cat", "dog"))
