@@ -1,2 +1,3 @@
 """Shared infrastructure below the stages: errors, atomic writes, hashing, the workspace,
-locks and logging. Every stage may import it; it imports no stage."""
+locks, logging, the kaggle client wrapper and the config loader's typed helpers. Every
+stage may import it; it imports no stage."""

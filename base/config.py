@@ -1,7 +1,7 @@
 """The typed configuration loader's building blocks, shared by every stage's settings.
 
-Each stage owns its section of `harness.toml` (features/settings.py, ensembles/settings.py,
-submissions/settings.py) and checks it against its own registries with these helpers;
+Each stage owns its sections of `harness.toml` (features/settings.py; ensembles/settings.py,
+which also holds `[submission] clip`, chosen out of fold there; competition.spec) and checks it against its own registries with these helpers;
 harness/config.py reads the file and assembles the sections. Every message names the file,
 the section and key, what was given and what is accepted, on one line.
 """

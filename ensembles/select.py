@@ -68,12 +68,14 @@ def _aligned_losses(results: Sequence[EnsembleResult]) -> list[np.ndarray]:
 
 
 def rank(results: Sequence[EnsembleResult]) -> list[EnsembleResult]:
-    """Best CV score first (the metric's direction), ties by name: the one order the
-    report table, the selection rules and `harness upload` use."""
+    """Best CV score first (the metric's direction), ties by log loss then name: the one
+    order the report table, the selection rules and `harness upload` use."""
     if not results:
         return []
     higher_better = get_metric(results[0].metric).higher_is_better
-    return sorted(results, key=lambda r: (-r.cv_score if higher_better else r.cv_score, r.name))
+    # Ties (common with accuracy on small sets) go to the lower log loss, then the name.
+    return sorted(results, key=lambda r: (-r.cv_score if higher_better else r.cv_score,
+                                          r.cv_log_loss, r.name))
 
 
 def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:

@@ -482,10 +482,11 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
     # A writer killed during the final HDF5 write leaves its (large) temp file behind.
     remove_stale_temps(features_dir)
     sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
-    # Mixed precision only exists on GPUs; decide before fingerprinting so a CPU run's
-    # float32 file is not mislabelled (and is reused by later CPU runs).
+    # Mixed precision only exists on GPUs under TensorFlow (OpenVINO runs it as float32 on
+    # the CPU); decide before fingerprinting so such a float32 file is not mislabelled (and
+    # is reused by later float32 runs).
     used_precision = precision
-    if precision == "mixed" and not has_gpu():
+    if precision == "mixed" and (engine == "openvino" or not has_gpu()):
         used_precision = "float32"
     check_engine(engine)
     # Planned without importing TensorFlow: with "auto" reuse does not depend on the

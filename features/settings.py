@@ -89,15 +89,16 @@ def parse_features(raw: dict, base: Path, source: Path | None) -> FeaturesConfig
                               source).items()})
     backbones = name_list(raw.get("backbones", list(DEFAULT_BACKBONES)), "[features] backbones",
                           source)
-    for name in (*backbones, *weights_for):
+    for name, what in ([(b, "[features] backbones (or --backbones)") for b in backbones]
+                       + [(b, "[features] weights_for") for b in weights_for]):
         if name not in BACKBONES:
-            raise HarnessError(f"{where(source)}: [features] backbones (or --backbones): "
-                               f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+            raise HarnessError(f"{where(source)}: {what}: unknown backbone {name!r}; known: "
+                               f"{', '.join(BACKBONES)}")
     cluster: Any = raw.get("cluster", "auto")
     try:
         cluster = check_cluster(cluster)
     except HarnessError as exc:  # its message lacks the file's name: add it
-        raise HarnessError(f"{where(source)}: [features] {exc}") from None
+        raise HarnessError(f"{where(source)}: {exc}") from None
     return FeaturesConfig(
         backbones=backbones,
         weights=str(weights),

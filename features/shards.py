@@ -72,6 +72,12 @@ def merge_shards(features_dir: Path, backbone: str, tta: str, n: int) -> Path:
             raise HarnessError(f"{path} is incomplete; rerun its shard to finish it")
         if a.get("shard") != f"{i}/{n}":
             raise HarnessError(f"{path} says it is shard {a.get('shard')!r}, not of {n}")
+    engines = {json.loads(a.get("full_fingerprint_parts") or "{}").get("engine", "tensorflow")
+               for a in attrs}
+    if len(engines) > 1:
+        raise HarnessError(f"shards of {final.name} were extracted by different engines "
+                           f"({', '.join(sorted(engines))}); rerun them with the same "
+                           "--engine (e.g. --engine tensorflow on every machine)")
     for key in _FULL_KEYS:
         values = {a.get(key) for a in attrs}
         if len(values) != 1:

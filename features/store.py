@@ -15,7 +15,9 @@ Layout:
     /test/failed     (F, 2) str       [id, reason] of test images that could not be read
 
 Root attributes: backbone, input_size, feature_dim, weights (identity), tta,
-preprocessing, classes (JSON), library versions, fingerprint, complete (bool).
+preprocessing, precision, engine, executor, classes (JSON), library versions, fingerprint
+and fingerprint_parts (JSON), complete (bool); shard files add shard and full_*; merged
+files merged_from.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 from base.errors import HarnessError
 from base.logs import configure_logging
 from features.engines import ENGINE_CHOICES
-from features.settings import PRECISIONS
+from features.settings import PRECISIONS, TTA_MODES
 from harness import pipeline
 from harness.config import Config, load_config
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--precision", choices=PRECISIONS,
                           help="mixed: float16 compute on GPUs (float32 on a CPU); bfloat16: "
                                "1.7-2x faster on CPUs with AVX512_BF16; features change slightly")
-    features.add_argument("--tta", choices=("none", "flip", "crops"),
+    features.add_argument("--tta", choices=TTA_MODES,
                           help="test-time augmentation of the default feature set")
     features.add_argument("--engine", choices=ENGINE_CHOICES, help=_ENGINE_HELP)
     features.add_argument("--cluster", help=_CLUSTER_HELP)
@@ -195,8 +195,7 @@ def cmd_ensembles(args: argparse.Namespace) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     done = pipeline.submit(_load(args), ensemble=args.ensemble, progress=not args.quiet,
-                           verbose=args.verbose)
-    _print_table(done.results)
+                           verbose=args.verbose, on_results=_print_table)
     for path in done.paths:
         print(f"validated: {path}")
     print(f"submission: {done.pick.name} -> {done.paths[0]} ({done.why})")

@@ -18,7 +18,7 @@ from base.config import check_keys, read_toml, resolve_path, table, where
 from base.errors import HarnessError
 from base.workspace import Workspace
 from competition.spec import CompetitionSpec, spec_from_config
-from ensembles.run import check_ensembles
+from ensembles.run import check_ensembles, configured_ensembles
 from ensembles.settings import (
     BlendConfig,
     CVConfig,
@@ -56,7 +56,7 @@ class Config:
     def feature_sets(self) -> list[tuple[str, str]]:
         """Every (backbone, tta) pair that extraction must produce, in a stable order."""
         pairs = [(b, self.features.tta) for b in self.features.backbones]
-        for ensemble in self.ensembles.values():
+        for ensemble in configured_ensembles(self).values():  # presets resolved, tta too
             # Only backbones that are selected: a restricted --backbones skips the rest.
             pairs += [(b, ensemble.tta) for b in ensemble.backbones
                       if b in self.features.backbones]
@@ -139,9 +139,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
                                     source),
         source=source,
     )
-    wanted = [overrides["ensemble"]] if "ensemble" in overrides else None
     try:
-        check_ensembles(config, wanted)
+        check_ensembles(config)  # every one: `submit --ensemble NAME` still fits them all
     except HarnessError as exc:
         raise HarnessError(f"{where(source)}: {exc}") from None
+    if "ensemble" in overrides:
+        try:
+            check_ensembles(config, [overrides["ensemble"]])
+        except HarnessError as exc:
+            raise HarnessError(f"--ensemble: {exc}") from None
     return config

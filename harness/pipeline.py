@@ -9,7 +9,7 @@ when something is left to compute.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +118,12 @@ class Submission:
 
 
 def submit(config: Config, *, ensemble: str | None = None, progress: bool = True,
-           verbose: bool = False) -> Submission:
-    """features -> ensembles -> validated CSVs: every result's, or only `ensemble`'s."""
+           verbose: bool = False,
+           on_results: Callable[[list], None] | None = None) -> Submission:
+    """features -> ensembles -> validated CSVs: every result's, or only `ensemble`'s.
+
+    `on_results(results)` is called once the ensembles are fitted, before any CSV is
+    written (the CLI prints the CV table there, so a CSV error does not hide it)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     extract(config, progress=progress)
@@ -127,6 +131,8 @@ def submit(config: Config, *, ensemble: str | None = None, progress: bool = True
     start = time.perf_counter()
     results = fit_ensembles(config, progress=progress, verbose=verbose)
     seconds["ensembles"] = time.perf_counter() - start
+    if on_results is not None:
+        on_results(results)
     chosen, why = pick(results, ensemble)
     start = time.perf_counter()
     to_write = [chosen] if ensemble else [chosen] + [r for r in results if r is not chosen]

@@ -1,4 +1,4 @@
-"""competition/config.py: defaults, overrides, and typos that fail instead of defaulting."""
+"""harness/config.py (and the stages' settings): defaults, overrides, and typos that fail instead of defaulting."""
 
 from __future__ import annotations
 

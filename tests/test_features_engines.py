@@ -26,6 +26,7 @@ from features.engines import (
 )
 from features.extract import extract_features
 from features.openvino_engine import OpenVINOForward, cache_paths
+from features.shards import merge_shards
 from features.store import feature_path, load_split, read_attrs
 from features.weights import WeightsChoice
 from harness.config import load_config
@@ -228,3 +229,16 @@ def test_genuine_mobilenet_weights_agree_on_genuine_photos(tmp_path):
     assert a.shape == (6, 256) and float(np.abs(a).max()) > 0.1  # genuine, not ~0 random init
     assert relative_difference(b, a) <= AGREE
 
+
+
+def test_shards_from_different_engines_are_refused_by_name(tmp_path):
+    """A GPU machine's shard (TensorFlow) and a CPU machine's (OpenVINO) cannot be merged
+    into one file with one engine; the message says so instead of blaming the images."""
+    train, test = image_lists(make_dataset(tmp_path / "data", n_train=4, n_test=2))
+    out = tmp_path / "features"
+    for shard, engine in (((1, 2), "tensorflow"), ((2, 2), "openvino")):
+        extract_features(train, test, [("mobilenet_025", "none")], {"mobilenet_025": NONE},
+                         out, batch_size=2, progress=False, shard=shard, engine=engine)
+    with pytest.raises(HarnessError, match=r"different engines \(openvino, tensorflow\); "
+                                           r"rerun them with the same --engine"):
+        merge_shards(out, "mobilenet_025", "none", 2)
