@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from base.atomic import atomic_path
+from base.workspace import user_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +25,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("HARNESS_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    base = Path(root) if root else Path.home() / ".cache"
-    if not os.environ.get("HARNESS_CACHE_DIR"):
-        base = base / "kaggle-image-harness"
-    return base / "sha256.json"
+    return user_cache_dir() / "sha256.json"
 
 
 def cached_file_sha256(path: Path) -> str:

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def user_cache_dir() -> Path:
+    """Where caches that outlive a workspace go (file hashes, converted models):
+    `$HARNESS_CACHE_DIR`, else `$XDG_CACHE_HOME` or `~/.cache`, then `kaggle-image-harness`."""
+    root = os.environ.get("HARNESS_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kaggle-image-harness"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ importing TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -162,11 +163,9 @@ def crop_size(input_size: int) -> int:
     return round(input_size * CROP_SCALE)
 
 
-def _sizes(jobs: Sequence[_Job]) -> list[int]:
-    sizes = set()
-    for job in jobs:
-        sizes.add(crop_size(job.spec.input_size) if job.tta == "crops" else job.spec.input_size)
-    return sorted(sizes)
+def view_sizes(jobs: Sequence[_Job]) -> list[int]:
+    """The sides the decoded images are resized to, once each, for these jobs (job_side)."""
+    return sorted({job_side(job.spec, job.tta) for job in jobs})
 
 
 def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: str,
@@ -400,7 +399,7 @@ def _run_split(split: str, images: ImageList, jobs: list[_Job], forwards: dict, 
     rows = np.flatnonzero(need)
     if not len(rows):
         return
-    sizes = _sizes(jobs)
+    sizes = view_sizes(jobs)
     names = ", ".join(dict.fromkeys(j.spec.name for j in jobs))
     dataset = _dataset(images, rows, sizes, runtime.batch_size, runtime.map_threads)
     with tqdm(total=len(rows), unit="img", desc=f"{split} [{names}]", disable=not progress,
@@ -471,6 +470,7 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
 
         check_cluster(cluster)
 
+    @functools.cache  # asked for precision and engine: with ray, each ask may start Ray
     def has_gpu() -> bool:
         # "ray" is an executor: the cluster's GPUs decide its actors' engine and precision.
         if engine == "ray":

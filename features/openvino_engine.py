@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from base.atomic import atomic_path, remove_stale_temps, writer_tag
+from base.workspace import user_cache_dir
 from features.fold import GRAPH_VERSION
 
 logger = logging.getLogger(__name__)
@@ -52,11 +52,7 @@ def default_cache_dir() -> Path:
     """`$HARNESS_CACHE_DIR/openvino`, else `$XDG_CACHE_HOME` or `~/.cache`, under
     `kaggle-image-harness/openvino` (shared by every competition: same backbone and weights,
     same converted model)."""
-    root = os.environ.get("HARNESS_CACHE_DIR")
-    if root:
-        return Path(root) / "openvino"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "kaggle-image-harness" / "openvino"
+    return user_cache_dir() / "openvino"
 
 
 def cache_key_parts(spec: Any, weights_identity: str) -> dict:

@@ -298,7 +298,7 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     import ray
     from tqdm.auto import tqdm
 
-    from features.extract import job_side
+    from features.extract import view_sizes
     from features.runtime import CPU_BATCH, GPU_BATCH_PER_REPLICA
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -315,7 +315,7 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     _quiet_ray_data(ray)
     constructor = {
         "jobs": [(job.spec.name, job.tta, job.weights) for job in jobs],
-        "sizes": sorted({job_side(job.spec, job.tta) for job in jobs}),
+        "sizes": view_sizes(jobs),
         "batch_size": batch_size, "threads": actor_threads, "precision": precision,
         "engine": engine,
         "kill_once": os.environ.get(KILL_ONCE_ENV, ""),
