@@ -122,6 +122,10 @@ def fraction() -> Param:
     return Param(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
+def unit_interval() -> Param:
+    return Param(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+
+
 def integer() -> Param:
     return Param(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
 

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
-from base.config import Param, check_params, positive_number
+from base.config import Param, check_params, positive_number, unit_interval
 from base.errors import HarnessError
 from competition.metrics import EPS
 from ensembles.cv import log_loss
@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 # The blend-method registry: each method's parameters (its schema) and what it does.
 BLEND_METHODS: dict[str, tuple[dict[str, Param], str]] = {
     "mean": ({}, "the plain mean of the members' probabilities"),
-    "weights": ({}, "non-negative weights summing to 1, fitted on out-of-fold predictions"),
+    "weights": ({"shrink": unit_interval()},
+                "non-negative weights summing to 1, fitted on out-of-fold predictions (shrink: "
+                "the share of equal weights mixed in, 0 = fitted only, 1 = the plain mean)"),
     "stack": ({"C": positive_number()},
               "logistic regression on the members' out-of-fold logits"),
 }
@@ -72,7 +74,10 @@ def _combine(method: str, params: dict, train: list[np.ndarray], labels: np.ndar
     if method == "mean":
         return np.mean(apply, axis=0), {}
     if method == "weights":
-        w = fit_weights(train, labels)
+        # Weights fitted on a few hundred out-of-fold rows overfit them; shrinking toward
+        # equal weights trades that variance for a little bias.
+        shrink = float(params.get("shrink", 0.0))
+        w = (1.0 - shrink) * fit_weights(train, labels) + shrink / len(train)
         return np.tensordot(w, np.stack(apply), axes=1), {"weights": w.tolist()}
     stacker = LogisticRegression(C=float(params.get("C", 1.0)), max_iter=1000)
     stacker.fit(_logits(train), labels)

@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from base.errors import HarnessError
 from competition.metrics import METRICS
 from competition.spec import get_spec
-from ensembles.blend import BLEND_METHODS, blend
+from ensembles.blend import BLEND_METHODS, blend, check_blend_params
 from ensembles.heads import HEADS
 from features.backbones import BACKBONES
 from features.engines import ENGINE_CHOICES
@@ -68,6 +68,26 @@ def test_every_blend_method_blends_two_members(method):
     assert oof.shape == (60, 2) and test.shape == (10, 2)
     np.testing.assert_allclose(oof.sum(axis=1), 1.0, rtol=1e-6)
     assert ((oof >= 0) & (oof <= 1)).all()
+
+
+def test_weights_shrink_moves_fitted_weights_toward_the_plain_mean():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 90)
+    folds = np.arange(90) % 3
+    members = [np.clip(labels + rng.normal(0, s, 90), 0.01, 0.99) for s in (0.2, 0.6, 0.9)]
+    oofs = [np.column_stack([1 - p, p]) for p in members]
+    tests = [o[:12] for o in oofs]
+    mean_oof, mean_test, _ = blend("mean", {}, oofs, tests, labels, folds)
+    _, _, fitted = blend("weights", {}, oofs, tests, labels, folds)
+    half_oof, half_test, half = blend("weights", {"shrink": 0.5}, oofs, tests, labels, folds)
+    full_oof, full_test, _ = blend("weights", {"shrink": 1.0}, oofs, tests, labels, folds)
+    np.testing.assert_allclose(full_oof, mean_oof, rtol=1e-12)
+    np.testing.assert_allclose(full_test, mean_test, rtol=1e-12)
+    assert fitted["weights"][0] > 0.6  # the least noisy member dominates when unshrunk
+    np.testing.assert_allclose(half["weights"], 0.5 * np.asarray(fitted["weights"]) + 0.5 / 3)
+    assert sum(half["weights"]) == pytest.approx(1.0)
+    with pytest.raises(HarnessError, match=r"shrink = 1.5 must be a number in \[0, 1\]"):
+        check_blend_params("b", "weights", {"shrink": 1.5})
 
 
 @pytest.mark.parametrize("name", METRICS)
