@@ -9,6 +9,7 @@ stacker) are fitted on all out-of-fold rows and applied to the members' test pre
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,23 +27,21 @@ logger = logging.getLogger(__name__)
 BLEND_METHODS: dict[str, tuple[dict[str, Param], str]] = {
     "mean": ({}, "the plain mean of the members' probabilities"),
     "weights": ({"shrink": unit_interval()},
-                "non-negative weights summing to 1, fitted on out-of-fold predictions (shrink: "
-                "the share of equal weights mixed in, 0 = fitted only, 1 = the plain mean)"),
+                ("non-negative weights summing to 1, fitted on out-of-fold predictions (shrink: "
+                 "the share of equal weights mixed in, 0 = fitted only, 1 = the plain mean)")),
     "stack": ({"C": positive_number()},
               "logistic regression on the members' out-of-fold logits"),
 }
-# Parameters the run stage consumes for every blend, as for ensembles.
-BLEND_RUN_PARAMS = {"clip": "clip bounds", "clip_prior": "a label-noise prior for auto clip"}
-
-
-def check_blend_params(name: str, method: str, params: dict[str, Any]) -> None:
+def check_blend_params(name: str, method: str, params: Mapping[str, Any], *,
+                       also: Mapping[str, Any] = ()) -> None:
     """Raises HarnessError for an unknown method, or an unknown or bad parameter of blend
-    `name`."""
+    `name` (keys in `also` are another part of the run's, as in heads.head_params)."""
     if method not in BLEND_METHODS:
         raise HarnessError(f"blend {name!r}: method = {method!r} is not one of "
                            f"{', '.join(BLEND_METHODS)}")
-    check_params(BLEND_METHODS[method][0], params, where=f"blend {name!r}", owner=f"method {method!r}",
-                 extra=BLEND_RUN_PARAMS)
+    own = {key: value for key, value in params.items() if key not in also}
+    check_params(BLEND_METHODS[method][0], own, where=f"blend {name!r}",
+                 owner=f"method {method!r}", extra=also)
 
 
 def fit_weights(probas: list[np.ndarray], labels: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +49,6 @@ def chunk_rows(n_columns: int, itemsize: int = 8) -> int:
 # Adadelta defaults to 0.001, which barely moves a head in 8 epochs.
 KERAS2_LEARNING_RATES = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01, "rmsprop": 0.001,
                          "adagrad": 0.01, "nadam": 0.002}
-# Parameters the run stage consumes itself (not the head); allowed in every ensemble table.
-RUN_PARAMS = {"clip": "clip bounds: \"auto\", \"none\" or [low, high]",
-              "clip_prior": "imagined confident mistakes behind \"auto\" clip bounds",
-              "calibrate": "\"none\" or \"temperature\" (fitted out of fold)",
-              "preset": "a built-in ensemble whose parameters this table extends"}
 
 
 def _check_X(head: BaseEstimator, X: Any, *, fitted: bool) -> np.ndarray:
@@ -576,17 +572,22 @@ def get_head(head: str, *, ensemble: str) -> HeadKind:
     return HEADS[head]
 
 
-def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str, Any]:
+def head_params(head: str, params: Mapping[str, Any], *, ensemble: str,
+                also: Mapping[str, Any] = ()) -> dict[str, Any]:
     """The head's own parameters from an ensemble's params, validated.
+
+    Args:
+        also: Keys another part of the run reads from the same table (not the head's):
+            skipped here, and listed among the known keys when one is misspelt.
 
     Raises:
         HarnessError: unknown head, unknown key (naming the ensemble, the key and the
             known keys) or a bad value.
     """
     kind = get_head(head, ensemble=ensemble)
-    own = {key: value for key, value in params.items() if key not in RUN_PARAMS}
+    own = {key: value for key, value in params.items() if key not in also}
     check_params(kind.params, own, where=f"ensemble {ensemble!r}", owner=f"head {head!r}",
-                 extra=RUN_PARAMS)
+                 extra=also)
     defaults = kind.estimator().get_params()
     if head == "dropout" and own.get("early_stopping", defaults["early_stopping"]) \
             and not own.get("validation_split", defaults["validation_split"]):
@@ -595,13 +596,13 @@ def head_params(head: str, params: dict[str, Any], *, ensemble: str) -> dict[str
     return own
 
 
-def make_head(head: str, params: dict[str, Any], *, ensemble: str) -> BaseEstimator:
-    """A fresh, unfitted head of kind `head` (a HEADS name) with `params`.
-
-    Keys the run stage consumes (`clip`, `preset`, ...) are accepted and ignored here.
+def make_head(head: str, params: Mapping[str, Any], *, ensemble: str,
+              also: Mapping[str, Any] = ()) -> BaseEstimator:
+    """A fresh, unfitted head of kind `head` (a HEADS name) with `params` (keys in `also`
+    belong to another part of the run and are skipped, as in `head_params`).
 
     Raises:
         HarnessError: unknown head, unknown parameter or bad value, naming `ensemble`.
     """
-    own = head_params(head, params, ensemble=ensemble)
+    own = head_params(head, params, ensemble=ensemble, also=also)
     return HEADS[head].estimator(**own)

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sklearn.base import clone
@@ -30,52 +29,47 @@ from base.errors import HarnessError
 from competition.images import list_train_images
 from ensembles import cv
 from ensembles.blend import blend, check_blend_params
-from ensembles.calibrate import CALIBRATIONS, calibrate
+from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.heads import head_params, make_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.report import report_table, write_report
 from ensembles.results import EnsembleResult, load_result, save_result, saved_key
-from ensembles.settings import BlendConfig, EnsembleConfig, EnsemblesRun, parse_clip
+from ensembles.run_params import (
+    BLEND_RUN_PARAMS,
+    ENSEMBLE_RUN_PARAMS,
+    RunOptions,
+    own_params,
+    run_options,
+)
+from ensembles.settings import BlendConfig, EnsembleConfig, EnsemblesRun
 from features.backbones import get_backbone
 
 logger = logging.getLogger(__name__)
 
 # Bump when a change in this stage changes predictions, so old results are not reused.
 ALGORITHM_VERSION = 2
-# Out-of-fold temperature scaling for every ensemble unless its table says otherwise.
-DEFAULT_CALIBRATION = "none"
 
 
-def _clip_policy(config: EnsemblesRun, params: dict[str, Any], name: str) -> str | tuple:
-    """The clip setting for one ensemble: its own `clip` param, else [submission] clip."""
-    return parse_clip(params.get("clip", config.submission.clip), f"ensemble {name!r}")
+def _ensemble_options(config: EnsemblesRun, ens: EnsembleConfig) -> RunOptions:
+    """An ensemble's clip, clip prior and calibration ([submission] clip by default)."""
+    return run_options(ens.params, ENSEMBLE_RUN_PARAMS, default_clip=config.submission.clip,
+                       where=f"ensemble {ens.name!r}")
 
 
-def _clip_prior(params: dict[str, Any], name: str) -> float:
-    """The label-noise prior behind "auto" clip bounds (see cv.choose_clip)."""
-    value = params.get("clip_prior", cv.DEFAULT_CLIP_PRIOR)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise HarnessError(f"{name}: clip_prior = {value!r} must be a number >= 0 "
-                           "(imagined confident mistakes; 0 = none)")
-    return float(value)
+def _blend_options(config: EnsemblesRun, spec: BlendConfig) -> RunOptions:
+    """A blend's clip and clip prior ([submission] clip by default)."""
+    return run_options(spec.params, BLEND_RUN_PARAMS, default_clip=config.submission.clip,
+                       where=f"blend {spec.name!r}")
 
 
-def _calibration(params: dict[str, Any], name: str) -> str:
-    value = params.get("calibrate", DEFAULT_CALIBRATION)
-    if value not in CALIBRATIONS:
-        raise HarnessError(f"{name}: calibrate = {value!r} must be one of "
-                           f"{', '.join(CALIBRATIONS)}")
-    return value
-
-
-def _clip_for(config: EnsemblesRun, policy: str | tuple, labels: np.ndarray,
-              oof: np.ndarray, prior: float) -> tuple[float, float] | None:
-    if not config.spec.scorer.clips or policy == "none":
+def _clip_for(config: EnsemblesRun, options: RunOptions, labels: np.ndarray,
+              oof: np.ndarray) -> tuple[float, float] | None:
+    if not config.spec.scorer.clips or options.clip == "none":
         return None
-    if policy == "auto":
-        return cv.choose_clip(labels, oof, prior)
-    return policy
+    if options.clip == "auto":
+        return cv.choose_clip(labels, oof, options.clip_prior)
+    return options.clip
 
 
 def _check_classes(matrix: FeatureMatrix, name: str) -> None:
@@ -116,7 +110,7 @@ def _without_excluded(train: FeatureMatrix, exclude: tuple[str, ...],
                                labels=train.labels[keep], failed=train.failed[keep])
 
 
-def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, policy: str | tuple, key: str,
+def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions, key: str,
                   progress: bool) -> EnsembleResult:
     start = time.perf_counter()
     features_dir = config.workspace.features_dir
@@ -126,7 +120,7 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, policy: str | tuple
     k = len(train.classes)
     folds = cv.make_folds(train.ids, train.labels, config.cv.folds, config.cv.seed,
                           what=f"ensemble {ens.name!r}: training set")
-    head = make_head(ens.head, ens.params, ensemble=ens.name)
+    head = make_head(ens.head, own_params(ens.params, ENSEMBLE_RUN_PARAMS), ensemble=ens.name)
     fold_mean = config.cv.test_predictions == "fold-mean"
     test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
         if fold_mean else None
@@ -143,10 +137,10 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, policy: str | tuple
         train.X = None  # free the training matrix before the test one is read
         test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name)
         test_proba = model.predict_proba(test.X)
-    oof, test_proba, calibrated = calibrate(_calibration(ens.params, ens.name), out.oof,
-                                            test_proba, train.labels, folds)
+    oof, test_proba, calibrated = calibrate(options.calibrate, out.oof, test_proba,
+                                            train.labels, folds)
     test_proba = _prior_for_failed(test.failed, test_proba, train.labels, k, ens.name)
-    clip = _clip_for(config, policy, train.labels, oof, _clip_prior(ens.params, ens.name))
+    clip = _clip_for(config, options, train.labels, oof)
     fold_ll = [cv.log_loss(train.labels[folds == f], oof[folds == f])
                for f in range(config.cv.folds)]
     fitted = {"C_chosen": getattr(model, "C_", None)} if not fold_mean else {}
@@ -193,7 +187,7 @@ def _align(member: EnsembleResult, first: EnsembleResult, blend_name: str) -> En
 
 
 def _fit_blend(config: EnsemblesRun, spec: BlendConfig, members: list[EnsembleResult],
-               policy: str | tuple, key: str) -> EnsembleResult:
+               options: RunOptions, key: str) -> EnsembleResult:
     start = time.perf_counter()
     first = members[0]
     members = [first] + [_align(m, first, spec.name) for m in members[1:]]
@@ -204,7 +198,7 @@ def _fit_blend(config: EnsemblesRun, spec: BlendConfig, members: list[EnsembleRe
     test = _prior_for_failed(failed, test, labels, len(first.classes), spec.name)
     fold_ll = [cv.log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
     fold_acc = [cv.accuracy(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
-    clip = _clip_for(config, policy, labels, oof, _clip_prior(spec.params, spec.name))
+    clip = _clip_for(config, options, labels, oof)
     backbones = tuple(dict.fromkeys(b for m in members for b in m.backbones))
     return EnsembleResult(
         name=spec.name, kind="blend", backbones=backbones, head=f"blend:{spec.method}",
@@ -320,15 +314,12 @@ def check_ensembles(config: EnsemblesRun, names: Sequence[str] | None = None
                 get_backbone(backbone)
             except HarnessError as exc:
                 raise HarnessError(f"ensemble {name!r}: {exc}") from None
-        head_params(ens.head, ens.params, ensemble=name)
-        _clip_policy(config, ens.params, name)
-        _clip_prior(ens.params, f"ensemble {name!r}")
-        _calibration(ens.params, f"ensemble {name!r}")
+        head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
+        _ensemble_options(config, ens)
     for name in wanted_b:
         spec = blends[name]
-        check_blend_params(name, spec.method, spec.params)
-        _clip_policy(config, spec.params, name)
-        _clip_prior(spec.params, f"blend {name!r}")
+        check_blend_params(name, spec.method, spec.params, also=BLEND_RUN_PARAMS)
+        _blend_options(config, spec)
     return ensembles, blends, wanted_e, order_b
 
 
@@ -378,30 +369,29 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
 
     # Compute the keys (everything was checked above) before fitting anything.
     keys: dict[str, str] = {}
-    policies: dict[str, Any] = {}
+    options: dict[str, RunOptions] = {}
     folds_id = {"folds": config.cv.folds, "seed": config.cv.seed,
                 "test_predictions": config.cv.test_predictions}
     if config.cv.exclude_ids:
         folds_id["exclude_ids"] = list(config.cv.exclude_ids)
     for name in run_e:
         ens = ensembles[name]
-        own = head_params(ens.head, ens.params, ensemble=name)
-        policies[name] = _clip_policy(config, ens.params, name)
-        run_options = {"clip_prior": _clip_prior(ens.params, f"ensemble {name!r}"),
-                       "calibrate": _calibration(ens.params, f"ensemble {name!r}")}
+        own = head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
+        options[name] = _ensemble_options(config, ens)
         identity = feature_identity(config.workspace.features_dir, ens.backbones, ens.tta,
                                     ensemble=name)
         keys[name] = digest({"v": ALGORITHM_VERSION, "features": identity, "head": ens.head,
                              "params": own, "tta": ens.tta, "cv": folds_id,
-                             "clip": policies[name], "metric": config.spec.metric,
-                             **run_options})
+                             "clip": options[name].clip, "metric": config.spec.metric,
+                             "clip_prior": options[name].clip_prior,
+                             "calibrate": options[name].calibrate})
     for name in run_b:
         spec = blends[name]
-        policies[name] = _clip_policy(config, spec.params, name)
+        options[name] = _blend_options(config, spec)
         keys[name] = digest({"v": ALGORITHM_VERSION, "method": spec.method,
                              "params": spec.params, "members": [keys[m] for m in spec.members],
-                             "clip": policies[name], "metric": config.spec.metric,
-                             "clip_prior": _clip_prior(spec.params, f"blend {name!r}")})
+                             "clip": options[name].clip, "metric": config.spec.metric,
+                             "clip_prior": options[name].clip_prior})
 
     out_dir = config.workspace.ensembles_dir
     results: dict[str, EnsembleResult] = {}
@@ -411,11 +401,11 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
             logger.info("%s: unchanged, reusing saved predictions", name)
             continue
         if name in run_e:
-            result = _fit_ensemble(config, ensembles[name], policies[name], keys[name],
+            result = _fit_ensemble(config, ensembles[name], options[name], keys[name],
                                    progress)
         else:
             members = [results[m] for m in blends[name].members]
-            result = _fit_blend(config, blends[name], members, policies[name], keys[name])
+            result = _fit_blend(config, blends[name], members, options[name], keys[name])
         save_result(out_dir, result)
         results[name] = result
         logger.info("%s: CV log loss %.4f (clipped %.4f), accuracy %.4f, %.1f s", name,

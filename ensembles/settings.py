@@ -18,6 +18,7 @@ from base.workspace import Workspace
 from competition.spec import CompetitionSpec
 from ensembles.blend import BLEND_METHODS
 from ensembles.heads import HEADS
+from ensembles.run_params import CLIP_FORMS, clip_setting
 from features.settings import TTA_MODES, FeaturesConfig
 
 # How test predictions are made: one refit on all training rows, or the folds' mean.
@@ -79,26 +80,6 @@ class EnsemblesRun(Protocol):
     blends: dict[str, BlendConfig]
     cv: CVConfig
     submission: SubmissionConfig
-
-
-def parse_clip(value: Any, where: str) -> str | tuple[float, float]:
-    """A clip setting: "auto", "none" or (low, high) with 0 <= low < high <= 1.
-
-    Shared by [submission] clip and an ensemble's own `clip` parameter.
-
-    Raises:
-        HarnessError: naming `where` and the accepted forms.
-    """
-    if value in ("auto", "none"):
-        return value
-    if (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            and 0 <= value[0] < value[1] <= 1):
-        return (float(value[0]), float(value[1]))
-    raise HarnessError(
-        f"{where}: clip = {value!r} must be \"auto\", \"none\" or [low, high] "
-        "with 0 <= low < high <= 1"
-    )
 
 
 def parse_ensembles(tables: dict, default_tta: str, source: Path | None
@@ -187,5 +168,8 @@ def parse_cv(raw: dict, source: Path | None) -> CVConfig:
 def parse_submission(raw: dict, source: Path | None) -> SubmissionConfig:
     """The `[submission]` table."""
     check_keys(raw, {"clip"}, "[submission]", source)
-    return SubmissionConfig(clip=parse_clip(raw.get("clip", "auto"),
-                                            f"{where(source)}: [submission]"))
+    clip = clip_setting(raw.get("clip", "auto"))
+    if clip is None:
+        raise HarnessError(f"{where(source)}: [submission]: clip = {raw['clip']!r} must be "
+                           f"{CLIP_FORMS}")
+    return SubmissionConfig(clip=clip)

@@ -8,6 +8,7 @@ from sklearn.base import clone
 
 from base.errors import HarnessError
 from ensembles.heads import DropoutHead, LogisticHead, column_stats, make_head
+from ensembles.run_params import ENSEMBLE_RUN_PARAMS
 
 
 def blobs(n=150, d=12, k=2, seed=0, gap=3.0):
@@ -96,12 +97,16 @@ def test_dropout_head_multiclass_softmax_and_monitor():
 
 
 def test_make_head_validates_params():
+    # The run stage's own keys (clip, ...) come along in the same table: skipped, and
+    # listed with the head's when a key is misspelt.
     head = make_head("dropout", {"dropout": 0.3, "epochs": 2, "clip": [0.01, 0.99]},
-                     ensemble="mine")
+                     ensemble="mine", also=ENSEMBLE_RUN_PARAMS)
     assert isinstance(head, DropoutHead) and head.dropout == 0.3 and head.epochs == 2
     with pytest.raises(HarnessError, match=r"ensemble 'mine': unknown parameter 'epoch' for "
-                                           r"head 'dropout'; known: .*epochs"):
-        make_head("dropout", {"epoch": 3}, ensemble="mine")
+                                           r"head 'dropout'; known: .*calibrate, clip.*epochs"):
+        make_head("dropout", {"epoch": 3}, ensemble="mine", also=ENSEMBLE_RUN_PARAMS)
+    with pytest.raises(HarnessError, match="unknown parameter 'clip' for head 'dropout'"):
+        make_head("dropout", {"clip": [0.01, 0.99]}, ensemble="mine")
     with pytest.raises(HarnessError, match="ensemble 'x': C = -1 must be a positive"):
         make_head("logreg", {"C": -1}, ensemble="x")
     with pytest.raises(HarnessError, match="early_stopping needs a validation_split"):

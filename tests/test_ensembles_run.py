@@ -260,6 +260,16 @@ BAD = [
      r"ensemble 'x': clip = \[0.9, 0.1\] must be"),
     (("[blends.bl]\nmembers=['x']\nmethod='weights'\nC=1\n[ensembles.x]\nbackbones=['mobilenet_025']\n"
       "head='logreg'\n"), ["mobilenet_025"], r"blend 'bl': unknown parameter 'C' for method 'weights'"),
+    # The run stage's own keys: checked by one schema, blamed on the blend or the ensemble.
+    (("[blends.bl]\nmembers=['x']\nclip=[0.9, 0.1]\n[ensembles.x]\nbackbones=['mobilenet_025']\n"
+      "head='logreg'\n"), ["mobilenet_025"], r"blend 'bl': clip = \[0.9, 0.1\] must be \"auto\""),
+    (("[blends.bl]\nmembers=['x']\nclip_prior=-1\n[ensembles.x]\nbackbones=['mobilenet_025']\n"
+      "head='logreg'\n"), ["mobilenet_025"], r"blend 'bl': clip_prior = -1 must be a number >= 0"),
+    (("[blends.bl]\nmembers=['x']\ncalibrate='temperature'\n[ensembles.x]\n"
+      "backbones=['mobilenet_025']\nhead='logreg'\n"), ["mobilenet_025"],
+     r"blend 'bl': unknown parameter 'calibrate' for method 'mean'; known: clip, clip_prior"),
+    ("[ensembles.x]\nbackbones=['mobilenet_025']\nhead='logreg'\ncalibrate='platt'\n", ["mobilenet_025"],
+     r"ensemble 'x': calibrate = 'platt' must be one of none, temperature"),
 ]
 
 

@@ -85,6 +85,8 @@ def test_weights_shrink_moves_fitted_weights_toward_the_plain_mean():
     np.testing.assert_allclose(full_test, mean_test, rtol=1e-12)
     assert fitted["weights"][0] > 0.6  # the least noisy member dominates when unshrunk
     np.testing.assert_allclose(half["weights"], 0.5 * np.asarray(fitted["weights"]) + 0.5 / 3)
+    np.testing.assert_allclose(half_test, np.tensordot(half["weights"], np.stack(tests), axes=1))
+    assert not np.allclose(half_oof, mean_oof)
     assert sum(half["weights"]) == pytest.approx(1.0)
     with pytest.raises(HarnessError, match=r"shrink = 1.5 must be a number in \[0, 1\]"):
         check_blend_params("b", "weights", {"shrink": 1.5})
