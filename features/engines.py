@@ -38,8 +38,8 @@ class EngineSpec:
     Attributes:
         name: The registry key (`--engine NAME`, `[features] engine`).
         description: One line for `--help` and the README.
-        build: `build(spec, weights_choice, runtime, cache_dir) -> forward`, or None for an
-            executor (it runs an inference engine's forward elsewhere).
+        build: `build(spec, weights_choice, runtime, cache_dir, calibration) -> forward`, or
+            None for an executor (it runs an inference engine's forward elsewhere).
         module: Where the engine lives (imported only when it is used).
     """
 
@@ -49,14 +49,17 @@ class EngineSpec:
     module: str
 
 
-def _build_tensorflow(spec: Any, weights: Any, runtime: Any, cache_dir: Path | None) -> Any:
+def _build_tensorflow(spec: Any, weights: Any, runtime: Any, cache_dir: Path | None,
+                      calibration: Any) -> Any:
+    check_precision(runtime.precision, "tensorflow")
     return TensorFlowForward(spec, weights.keras_arg, runtime)
 
 
-def _build_openvino(spec: Any, weights: Any, runtime: Any, cache_dir: Path | None) -> Any:
+def _build_openvino(spec: Any, weights: Any, runtime: Any, cache_dir: Path | None,
+                    calibration: Any) -> Any:
     from features.openvino_engine import OpenVINOForward
 
-    return OpenVINOForward(spec, weights, runtime, cache_dir=cache_dir)
+    return OpenVINOForward(spec, weights, runtime, cache_dir=cache_dir, calibration=calibration)
 
 
 ENGINES: dict[str, EngineSpec] = {
@@ -74,6 +77,10 @@ ENGINES: dict[str, EngineSpec] = {
 ENGINE_CHOICES = ("auto", *ENGINES)  # what [features] engine and --engine accept
 # Engines that compute features themselves; the others (ray) run one of these.
 INFERENCE_ENGINES = tuple(name for name, engine in ENGINES.items() if engine.build is not None)
+# Precisions that only some inference engines compute (a precision not named here runs on
+# every engine). int8 is NNCF's post-training quantisation of the OpenVINO model; the Ray
+# executor is not among them: its actors would each need the calibration images.
+PRECISION_ENGINES = {"int8": ("openvino",)}
 
 
 def openvino_installed() -> bool:
@@ -90,6 +97,17 @@ def check_engine(choice: str) -> str:
         raise HarnessError("engine 'openvino' needs the openvino package: "
                            "pip install openvino (or --engine tensorflow)")
     return choice
+
+
+def check_precision(precision: str, engine: str) -> None:
+    """A one-line HarnessError if `engine` (a choice, or an inference engine once resolved)
+    cannot compute `precision`; `auto` passes here and is checked again once resolved."""
+    allowed = PRECISION_ENGINES.get(precision)
+    if allowed is None or engine in allowed or engine == "auto":
+        return
+    fix = " or ".join(f'engine = "{name}" (--engine {name})' for name in allowed)
+    raise HarnessError(f"precision {precision!r} runs on {', '.join(allowed)} only, not engine "
+                       f"{engine!r}: set {fix}, or another precision")
 
 
 def preferred_engine(choice: str) -> str:
@@ -116,7 +134,7 @@ def resolve_engine(choice: str, has_gpu: bool) -> str:
 
 
 def build_forward(spec: Any, weights: Any, runtime: Any, engine: str,
-                  cache_dir: Path | None = None) -> Any:
+                  cache_dir: Path | None = None, calibration: Any = None) -> Any:
     """A backbone's forward pass on `engine` ("tensorflow" or "openvino", already resolved).
 
     Args:
@@ -125,15 +143,18 @@ def build_forward(spec: Any, weights: Any, runtime: Any, engine: str,
         runtime: features.runtime.Runtime (threads, precision, batch size, strategy).
         engine: An inference engine name (see `resolve_engine`).
         cache_dir: Where converted models are cached (OpenVINO); None: the user cache.
+        calibration: Precision int8 only: the images NNCF calibrates on
+            (features.extract.Calibration).
 
     Returns:
-        A forward: `.spec`, `.convert_seconds` (0.0 unless a model was converted now) and
+        A forward: `.spec`, `.convert_seconds` (0.0 unless a model was converted now),
+        `.quantize_seconds` (0.0 unless a model was quantised to int8 now) and
         `__call__(images) -> np.ndarray` float32 (N, D).
     """
     if engine not in INFERENCE_ENGINES:
         raise HarnessError(f"inference engine {engine!r} is not one of "
                            f"{', '.join(INFERENCE_ENGINES)}; resolve_engine() it first")
-    return ENGINES[engine].build(spec, weights, runtime, cache_dir)
+    return ENGINES[engine].build(spec, weights, runtime, cache_dir, calibration)
 
 
 class TensorFlowForward:
@@ -141,6 +162,7 @@ class TensorFlowForward:
 
     engine = "tensorflow"
     convert_seconds = 0.0
+    quantize_seconds = 0.0
 
     def __init__(self, spec: Any, weights: str | None, runtime: Any) -> None:
         from features.runtime import Forward

@@ -7,17 +7,25 @@ with a dynamic batch dimension, saved as OpenVINO IR (`.xml` + `.bin`, float32 w
 and compiled for the CPU. A rerun reads the IR from the cache instead of building the Keras
 model and converting it again.
 
+Precision int8 (opt-in) quantises that float32 model with NNCF's post-training
+quantisation (`nncf.quantize`, its defaults), calibrated on a fixed seeded subset of the
+competition's training images decoded and resized by the extraction's own pipeline
+(features.extract.Calibration), and caches the quantised IR beside the float32 one, keyed
+by the calibration set too.
+
 Measured on a 2-core AMD EPYC with AVX-512 (features within 1e-7 relative of TensorFlow's
 in float32): see README "Engines" and bench/extract.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from importlib import metadata
@@ -27,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from base.atomic import atomic_path, remove_stale_temps, writer_tag
+from base.errors import HarnessError
 from base.workspace import user_cache_dir
 from features.fold import GRAPH_VERSION
 
@@ -37,7 +46,13 @@ CONVERTER_VERSION = "tf.function of runtime.Forward -> openvino.convert_model, d
 # OpenVINO's inference precision per harness precision. The hint must be explicit: on a
 # CPU with AVX512_BF16 or AMX, OpenVINO's default is bfloat16 (measured: float32 features
 # then differ by 5e-3 relative instead of 1e-7).
-INFERENCE_PRECISION = {"float32": "f32", "mixed": "f32", "bfloat16": "bf16"}
+# int8: the quantised convolutions run in int8 whatever the hint; the ops NNCF leaves
+# unquantised stay in float32.
+INFERENCE_PRECISION = {"float32": "f32", "mixed": "f32", "bfloat16": "bf16", "int8": "f32"}
+# Part of the int8 cache key and of int8 feature files' fingerprint: bump when the way a
+# model is quantised changes.
+QUANTIZER_VERSION = ("nncf.quantize defaults (performance preset: symmetric; fast bias "
+                     "correction), one image a sample (v1)")
 
 
 def openvino_version() -> str:
@@ -72,11 +87,18 @@ def cache_key_parts(spec: Any, weights_identity: str) -> dict:
     }
 
 
-def cache_paths(cache_dir: Path, spec: Any, weights_identity: str) -> tuple[Path, Path]:
-    """The (.xml, .bin) pair of a converted model in `cache_dir`."""
+def cache_paths(cache_dir: Path, spec: Any, weights_identity: str,
+                calibration: str | None = None) -> tuple[Path, Path]:
+    """The (.xml, .bin) pair of a converted model in `cache_dir`; with `calibration` (a
+    Calibration's identity), of that model quantised to int8 on those images."""
     parts = cache_key_parts(spec, weights_identity)
+    label = ""
+    if calibration is not None:
+        parts.update(ir_precision="int8", quantizer=QUANTIZER_VERSION,
+                     nncf=_version("nncf"), calibration=calibration)
+        label = "int8-"
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:20]
-    stem = Path(cache_dir) / f"{spec.name}-{spec.input_size}-{key}"
+    stem = Path(cache_dir) / f"{spec.name}-{spec.input_size}-{label}{key}"
     return stem.with_suffix(".xml"), stem.with_suffix(".bin")
 
 
@@ -106,27 +128,79 @@ def load_or_convert(spec: Any, weights: Any, runtime: Any, cache_dir: Path) -> t
     Returns:
         (openvino.Model, seconds spent building and converting now: 0.0 from the cache).
     """
-    import openvino as ov
-
     xml, binary = cache_paths(cache_dir, spec, weights.identity)
-    remove_stale_temps(xml.parent)
-    core = ov.Core()
-    if xml.is_file():
-        try:
-            model = core.read_model(xml)
-            logger.info("%s: converted OpenVINO model read from the cache (%s)", spec.name, xml)
-            return model, 0.0
-        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
-            logger.warning("%s: cached OpenVINO model %s cannot be read (%s); converting again",
-                           spec.name, xml, str(exc).strip().splitlines()[0][:160])
-            xml.unlink(missing_ok=True)
-            binary.unlink(missing_ok=True)
+    model = _read_cached(xml, binary, spec, "converted")
+    if model is not None:
+        return model, 0.0
     started = time.perf_counter()
     model = convert(spec, weights, runtime)
     seconds = time.perf_counter() - started
     _save(model, xml, binary)
     logger.info("%s: converted to OpenVINO in %.1f s, cached as %s", spec.name, seconds, xml)
     return model, seconds
+
+
+def load_or_quantize(spec: Any, weights: Any, runtime: Any, cache_dir: Path,
+                     calibration: Any) -> tuple[Any, float, float]:
+    """The int8 model of (spec, weights) calibrated on `calibration`: read from the cache, or
+    quantised from the (cached or converted) float32 model and cached.
+
+    Returns:
+        (openvino.Model, seconds converting now, seconds quantising now); both 0.0 from the
+        cache.
+    """
+    if calibration is None:
+        raise HarnessError(f"{spec.name}: precision int8 needs calibration images "
+                           "(features.extract.Calibration)")
+    xml, binary = cache_paths(cache_dir, spec, weights.identity, calibration.identity)
+    model = _read_cached(xml, binary, spec, "int8")
+    if model is not None:
+        return model, 0.0, 0.0
+    model, convert_seconds = load_or_convert(spec, weights, runtime, cache_dir)
+    started = time.perf_counter()
+    quantized = quantize(model, calibration, spec.input_size)
+    seconds = time.perf_counter() - started
+    _save(quantized, xml, binary)
+    logger.info("%s: quantised to int8 on %s in %.1f s, cached as %s", spec.name,
+                calibration.description, seconds, xml)
+    return quantized, convert_seconds, seconds
+
+
+def quantize(model: Any, calibration: Any, size: int) -> Any:
+    """NNCF's post-training int8 quantisation of `model`, with its default settings, on the
+    calibration images at side `size` (one image a sample: NNCF's statistics assume it)."""
+    import nncf
+    from nncf.common.logging.logger import nncf_logger
+
+    # NNCF prints INFO lines to stdout through its own handler: route them into the
+    # harness's log instead (warnings and worse only); its progress bars (rich, on stdout)
+    # go to stderr with the harness's own, so stdout keeps only the harness's output.
+    nncf_logger.handlers.clear()
+    nncf_logger.propagate = True
+    nncf_logger.setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(model, nncf.Dataset(calibration.samples(size)),
+                             subset_size=calibration.count)
+
+
+def _read_cached(xml: Path, binary: Path, spec: Any, what: str) -> Any:
+    """The cached model at `xml`, or None when absent or damaged (then removed)."""
+    import openvino as ov
+
+    remove_stale_temps(xml.parent)
+    if not xml.is_file():
+        return None
+    try:
+        model = ov.Core().read_model(xml)
+    except Exception as exc:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
+        logger.warning("%s: cached OpenVINO model %s cannot be read (%s); %s again",
+                       spec.name, xml, str(exc).strip().splitlines()[0][:160],
+                       "quantising" if what == "int8" else "converting")
+        xml.unlink(missing_ok=True)
+        binary.unlink(missing_ok=True)
+        return None
+    logger.info("%s: %s OpenVINO model read from the cache (%s)", spec.name, what, xml)
+    return model
 
 
 def convert(spec: Any, weights: Any, runtime: Any) -> Any:
@@ -166,12 +240,18 @@ class OpenVINOForward:
     engine = "openvino"
 
     def __init__(self, spec: Any, weights: Any, runtime: Any,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, calibration: Any = None) -> None:
         import openvino as ov
 
         self.spec = spec
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        model, self.convert_seconds = load_or_convert(spec, weights, runtime, self.cache_dir)
+        self.quantize_seconds = 0.0
+        if runtime.precision == "int8":
+            model, self.convert_seconds, self.quantize_seconds = load_or_quantize(
+                spec, weights, runtime, self.cache_dir, calibration)
+        else:
+            model, self.convert_seconds = load_or_convert(spec, weights, runtime,
+                                                          self.cache_dir)
         self.config = compile_config(runtime)
         self.compiled = ov.Core().compile_model(model, "CPU", self.config)
         self._request = self.compiled.create_infer_request()

@@ -16,7 +16,7 @@ from base.errors import HarnessError
 from base.workspace import Workspace
 from competition.spec import CompetitionSpec
 from features.backbones import BACKBONES
-from features.engines import ENGINE_CHOICES
+from features.engines import ENGINE_CHOICES, check_precision
 from features.ray_engine import check_cluster
 
 DEFAULT_BACKBONES = ("resnet50", "inception_v3", "xception")
@@ -31,6 +31,8 @@ PRECISIONS = {
     "float32": "full precision (the reference)",
     "mixed": "float16 compute on a GPU; float32 on a CPU",
     "bfloat16": "bfloat16 compute; fast only on CPUs with AVX512_BF16 or AMX",
+    "int8": "int8 weights and activations, NNCF post-training quantisation calibrated on the "
+            "competition's training images (OpenVINO engine only; features.openvino_engine)",
 }
 
 
@@ -76,8 +78,9 @@ def parse_features(raw: dict, base: Path, source: Path | None) -> FeaturesConfig
     Relative paths are relative to `base` (the config file's folder).
 
     Raises:
-        HarnessError: an unknown key, backbone, TTA mode, precision, engine or cluster, or a
-            value of the wrong type, naming the file and the key.
+        HarnessError: an unknown key, backbone, TTA mode, precision, engine or cluster, a
+            precision the engine cannot compute (int8 off OpenVINO), or a value of the wrong
+            type, naming the file and the key.
     """
     check_keys(raw, {f.name for f in fields(FeaturesConfig)}, "[features]", source)
     weights = raw.get("weights", "auto")
@@ -95,8 +98,11 @@ def parse_features(raw: dict, base: Path, source: Path | None) -> FeaturesConfig
             raise HarnessError(f"{where(source)}: {what}: unknown backbone {name!r}; known: "
                                f"{', '.join(BACKBONES)}")
     cluster: Any = raw.get("cluster", "auto")
+    precision = choice(raw.get("precision", "float32"), PRECISIONS, "[features] precision", source)
+    engine = choice(raw.get("engine", "auto"), ENGINE_CHOICES, "[features] engine", source)
     try:
         cluster = check_cluster(cluster)
+        check_precision(precision, engine)
     except HarnessError as exc:  # its message lacks the file's name: add it
         raise HarnessError(f"{where(source)}: {exc}") from None
     return FeaturesConfig(
@@ -107,8 +113,7 @@ def parse_features(raw: dict, base: Path, source: Path | None) -> FeaturesConfig
         batch_size=whole_number(raw.get("batch_size", 0), "[features] batch_size", source),
         threads=whole_number(raw.get("threads", 0), "[features] threads", source),
         tta=choice(raw.get("tta", "none"), TTA_MODES, "[features] tta", source),
-        precision=choice(raw.get("precision", "float32"), PRECISIONS, "[features] precision",
-                         source),
-        engine=choice(raw.get("engine", "auto"), ENGINE_CHOICES, "[features] engine", source),
+        precision=precision,
+        engine=engine,
         cluster=cluster,
     )
