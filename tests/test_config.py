@@ -100,7 +100,7 @@ method = "weights"
         ('competiton = "demo"', "unknown key 'competiton' in the top level; did you mean 'competition'"),
         ('[features]\nbackbone = ["x"]', "unknown key 'backbone' in \\[features\\]; did you mean 'backbones'"),
         ('[features]\ntta = "mirror"', "tta = 'mirror' is not one of none, flip, crops"),
-        ('[features]\ncluster = "local"', (r"harness.toml: cluster = 'local' is used only by engine "
+        ('[features]\ncluster = "local"', (r"h\.toml: cluster = 'local' is used only by engine "
                                           r"\"ray\" \(engine is 'auto'\); set engine = \"ray\"")),
         ('[ensembles.x]\nbackbones = ["xception"]', "\\[ensembles.x\\] needs head"),
         ('[ensembles.x]\nbackbones = ["xception"]\nhead = "svm"', "head = 'svm' is not one of"),
