@@ -13,7 +13,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +175,60 @@ def test_a_killed_driver_resumes_from_its_parts(tmp_path, local_ray, caplog):
     assert 0 < rows_sent(caplog) <= 36 - kept  # the kept parts' rows are not sent again
     clean = run(train, test, tmp_path / "clean", batch_size=1)
     same_file(resumed.results[0].path, clean.results[0].path)
+
+
+OWN_RAY = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from features.extract import extract_features
+    from features.weights import WeightsChoice
+    from tests.features_fixtures import image_lists
+    train, test = image_lists(Path(sys.argv[2]))
+    extract_features(train, test, [("mobilenet_025", "none")],
+                     {"mobilenet_025": WeightsChoice(None, "none")}, Path(sys.argv[3]),
+                     batch_size=4, progress=False, engine="ray", cluster="local")
+    print("FINISHED")
+""")
+
+
+def _processes_with_env(entry: bytes) -> list[int]:
+    """Live processes whose environment holds `entry` (inherited by every Ray process and
+    worker a driver starts; their command lines are renamed, their environments are not)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if entry in environ and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path):
+    """cluster "local" starts a Ray for the run and stops it (its monitor killed first,
+    features.ray_engine.shutdown): once the driver has exited, none of its processes is left."""
+    data = make_dataset(tmp_path / "data", n_train=4, n_test=2)
+    script = tmp_path / "own_ray.py"
+    script.write_text(OWN_RAY)
+    # Ray's own temp folder, short (its socket paths are limited) and this test's alone.
+    ray_tmp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(script), str(ROOT), str(data),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                          env=env, check=False)
+    assert proc.returncode == 0 and "FINISHED" in proc.stdout, proc.stderr[-3000:]
+    assert read_attrs(feature_path(tmp_path / "out", "mobilenet_025"))["executor"] == "ray"
+    entry = f"RAY_TMPDIR={ray_tmp}".encode()
+    deadline = time.monotonic() + 30  # workers exit on their own once their raylet is gone
+    while _processes_with_env(entry) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _processes_with_env(entry)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
 
 
 def test_bad_images_are_handled_as_locally(tmp_path):
