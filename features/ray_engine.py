@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -202,6 +203,10 @@ class BatchWorker:
     """One Ray actor: builds every requested backbone once, then maps batches of rows to
     features with the local run's own per-batch step (features.extract.batch_features).
 
+    It runs two batches at a time (`max_concurrency=2`, the driver keeps two queued): one
+    decodes and resizes while the other holds the models (`self.model_lock`), as a local
+    run's tf.data prefetch overlaps decoding with compute.
+
     Args:
         jobs: (backbone, tta, WeightsChoice) of every job, in the driver's order (bit k
             of a row's `need` is job k).
@@ -228,6 +233,7 @@ class BatchWorker:
             if spec.name not in self.forwards:
                 self.forwards[spec.name] = _build_forward(spec, weights, self.runtime, engine)
         self.pool = ThreadPoolExecutor(max(1, threads or (os.cpu_count() or 1)))
+        self.model_lock = threading.Lock()  # one batch at a time through the models
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -243,7 +249,8 @@ class BatchWorker:
         stacked = {side: tf.stack([v[k] for v in views]) for k, side in enumerate(self.sizes)}
         need = np.bitwise_or.reduce(np.asarray(batch["need"], np.int64))
         wanted = [k for k in range(len(self.jobs)) if need >> k & 1]
-        outs = batch_features([self.jobs[k] for k in wanted], stacked, self.forwards)
+        with self.model_lock:
+            outs = batch_features([self.jobs[k] for k in wanted], stacked, self.forwards)
         count = len(batch["row"])
         result: dict[str, np.ndarray] = {
             "split": np.asarray(batch["split"]), "row": np.asarray(batch["row"], np.int64),
@@ -338,7 +345,8 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     # A dead actor is restarted and the batches it held retried, a bounded number of times
     # (a batch that kills every worker fails the run instead of hanging).
     worker = ray.remote(BatchWorker).options(num_cpus=cpus, num_gpus=gpus_each,
-                                             max_restarts=RETRIES, max_task_retries=RETRIES)
+                                             max_restarts=RETRIES, max_task_retries=RETRIES,
+                                             max_concurrency=2)
     pool = [worker.remote(**constructor) for _ in range(actors)]
     names = ", ".join(dict.fromkeys(job.spec.name for job in jobs))
     try:
