@@ -27,9 +27,11 @@ matmul peak measured in this run.
     python bench/extract.py --n 48                 # small N on a shared machine
     python bench/extract.py --n 200 --sweep        # plus batch/threads/XLA probes
     python bench/extract.py --bf16                 # plus the harness in bfloat16 (opt-in)
+    python bench/extract.py --int8                 # plus OpenVINO int8 (NNCF, opt-in)
     python bench/extract.py --ov-sweep             # OpenVINO hint/streams/batch/bf16 probes
 
-Weights default to none (random init): fine for speed, meaningless for quality.
+Weights default to none (random init): fine for speed, meaningless for quality (int8's
+quality cost is measured on genuine weights with bench/quality.py; README "Engines").
 """
 
 from __future__ import annotations
@@ -351,6 +353,15 @@ def run_phase(phase: str, args: argparse.Namespace, backbones: list[str]) -> dic
                             engine="openvino")
         return {**extraction_times(report), "busy": busy, "convert": report.convert_seconds,
                 "steady": again.seconds - again.build_seconds}
+    if phase == "ov8":
+        # int8 on the parent's cache: the first call quantises (calibrating on these N
+        # photos, as a run calibrates on its training images), a second fresh process reads
+        # the quantised model from the cache.
+        with tempfile.TemporaryDirectory() as out:
+            report = harness(images, backbones, Path(out), args.batch_size, args.threads,
+                             precision="int8", engine="openvino")
+        return {**extraction_times(report), "busy": load.others(),
+                "quantize": report.quantize_seconds, "convert": report.convert_seconds}
     if phase == "ov_fill":
         from features.backbones import get_backbone
         from features.engines import build_forward
@@ -427,12 +438,14 @@ def main() -> None:
                         help="fresh processes per phase; the fastest is kept (default 2)")
     parser.add_argument("--bf16", action="store_true",
                         help="also run the harness with --precision bfloat16")
+    parser.add_argument("--int8", action="store_true",
+                        help="also run OpenVINO with --precision int8 (quantising, then cached)")
     parser.add_argument("--ov-sweep", action="store_true",
                         help="OpenVINO hint/streams/batch/bf16 probes (forward only)")
     parser.add_argument("--no-openvino", action="store_true", help="skip the (ov) phase")
     parser.add_argument("--child-phase",
                         choices=("a", "b", "c", "c_folded", "a16", "ov", "ov_cold", "ov16",
-                                 "ov_fill"),
+                                 "ov_fill", "ov8"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     backbones = [b for b in args.backbones.split(",") if b]
@@ -556,6 +569,22 @@ def main() -> None:
                   f"img/s; {ov_compute / half_compute:.2f}x float32 (ov))  [others used "
                   f"{half['busy']:.0%} of the CPUs]")
             print_model_times(half["per"])
+    if args.int8 and not args.no_openvino:
+        first = phase_in_child("ov8", args)  # the quantised-model cache is empty: quantises
+        cached = phase_in_child("ov8", args)  # a fresh process reading it from the cache
+        for label, run in (("(ov8 cold) int8, quantising", first),
+                           ("(ov8) int8, cached      ", cached)):
+            compute = run["seconds"] - run["build"]
+            print(f"{label}: {run['seconds']:8.2f} s  {n / run['seconds']:6.2f} img/s  "
+                  f"(builds {run['build']:.1f} s, of which quantisation {run['quantize']:.1f} "
+                  f"s; without builds {n / compute:.2f} img/s, {ov_compute / compute:.2f}x "
+                  f"float32 (ov))  [others used {run['busy']:.0%} of the CPUs]")
+            print_model_times(run["per"])
+        model_f32 = sum(seconds for _, seconds, _ in phase_ov["per"])
+        model_i8 = sum(seconds for _, seconds, _ in cached["per"])
+        print(f"int8 / float32 on OpenVINO: end to end {ov / cached['seconds']:.2f}x (cached "
+              f"models), model time {model_f32 / model_i8:.2f}x; first run "
+              f"{ov / first['seconds']:.2f}x (quantisation {first['quantize']:.1f} s)")
     print()
     print(f"==== bench/extract.py summary, N={n} ====")
     print(f"images/s: harness {n / a:.2f} (without builds {n / a_compute:.2f}), "
