@@ -2,9 +2,8 @@
 
 `harness features --engine ray` (or `[features] engine = "ray"`) plans exactly as a local
 run does (features.extract: fingerprints, reuse, the rows the part files already hold),
-then sends only the rows still missing to a pool of Ray actors: one task per batch of
-(split, row, path, need) rows, each actor holding two batches at a time (the next one
-waits in its queue, so it never idles between batches). Every actor builds the requested
+then sends only the rows still missing to Ray Data: a Dataset of (split, row, path, need)
+rows, one block per batch, mapped by an actor pool. Every actor builds the requested
 backbones once (one model set per actor: one actor per GPU with `num_gpus=1`, or CPU
 actors of `threads` cores each) and runs the local run's own per-batch step on each batch
 (features.extract: `image_pixels` -> `resize_views` -> `batch_features`). The results
@@ -17,12 +16,6 @@ file's `executor` attribute.
 Ray is the executor, not the inference engine: the engine inside the actors (TensorFlow on
 GPU actors; on CPU actors what a local CPU run would use) is decided once, here on the
 driver, from the cluster's resources, and is what the fingerprint records.
-
-Plain Ray actors, not Ray Data: on one 2-core machine Ray Data's import, its three helper
-actors (stats, autoscaling coordinator, actor locations) and its executor delayed the first
-batch by 1.7-2.4 s of the Ray run's 5.3 s fixed cost (bench/ray_overhead.py), and its only
-way to bound restarts (`ray_remote_args_fn`) is deprecated in Ray 2.60; actor options
-(`max_restarts`, `max_task_retries`) are Ray Core's supported API.
 
 A worker that dies (killed, out of memory) is restarted by Ray and its batch retried
 (`max_restarts` / `max_task_retries` below). Test hook: when the environment variable
@@ -40,7 +33,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -54,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 KILL_ONCE_ENV = "HARNESS_RAY_KILL_ONCE"
 RETRIES = 4  # restarts of a dead actor, and retries of the batch it held
+# Batches an actor works on at once: one decoding while the other runs the models.
+CALLS_PER_ACTOR = 2
 CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local", "ray://HOST:PORT" '
                 '(Ray Client) or "HOST:PORT" (a head started with `ray start --head`)')
 
@@ -74,7 +70,7 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise HarnessError("engine 'ray' needs Ray: pip install 'ray[data]' (it is in "
+        raise HarnessError("engine 'ray' needs Ray Data: pip install 'ray[data]' (it is in "
                            "requirements.lock), or use --engine auto") from exc
     return ray
 
@@ -132,7 +128,8 @@ def connect(cluster: str) -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
-    # One line per distinct worker message instead of one per worker (Ray's default).
+    # One line per distinct worker message instead of one per worker (Ray's default),
+    # and Ray Data's own progress bars off: the driver shows one tqdm bar like a local run.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING}
@@ -199,13 +196,26 @@ def shutdown() -> None:
     ray.shutdown()
 
 
+def _retries() -> dict:
+    return {"max_restarts": RETRIES, "max_task_retries": RETRIES}
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """The driver's tqdm bar is the progress: Ray Data's own bars and its per-run log lines
+    (and the one warning that says its bars are off) would only repeat it."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 class BatchWorker:
     """One Ray actor: builds every requested backbone once, then maps batches of rows to
     features with the local run's own per-batch step (features.extract.batch_features).
 
-    It runs two batches at a time (`max_concurrency=2`, the driver keeps two queued): one
-    decodes and resizes while the other holds the models (`self.model_lock`), as a local
-    run's tf.data prefetch overlaps decoding with compute.
+    It runs two batches at a time (ActorPoolStrategy's `max_concurrent_calls_per_actor`):
+    one decodes and resizes while the other holds the models (`self.model_lock`), as a
+    local run's tf.data prefetch overlaps decoding with compute.
 
     Args:
         jobs: (backbone, tta, WeightsChoice) of every job, in the driver's order (bit k
@@ -274,8 +284,10 @@ def _build_forward(spec: Any, weights: Any, runtime: Any, engine: str) -> Any:
 
 
 def _blocks(jobs: Sequence[Any], splits: Mapping[str, ImageList], batch_size: int) -> list:
-    """One batch ({column: array}) per batch_size rows still missing, split by split (the
-    same batch boundaries as a local run). `need` bit k: job k lacks the row."""
+    """One Arrow table per batch of rows still missing, split by split (the same batch
+    boundaries as a local run). `need` bit k: job k lacks the row."""
+    import pyarrow as pa
+
     blocks = []
     for split, images in splits.items():
         need = np.zeros(len(images), np.int64)
@@ -284,14 +296,13 @@ def _blocks(jobs: Sequence[Any], splits: Mapping[str, ImageList], batch_size: in
         rows = np.flatnonzero(need)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            blocks.append({
-                "split": np.asarray([split] * len(chunk), dtype=object),
-                "row": chunk.astype(np.int64),
-                # Bytes, not text: the exact name on disk, even one that is not UTF-8.
-                "path": np.asarray([os.fsencode(images.paths[r]) for r in chunk],
-                                   dtype=object),
-                "need": need[chunk],
-            })
+            blocks.append(pa.table({
+                "split": pa.array([split] * len(chunk), pa.string()),
+                "row": pa.array(chunk, pa.int64()),
+                # Bytes, not text: a path that is not UTF-8 has no Arrow string form.
+                "path": pa.array([os.fsencode(images.paths[r]) for r in chunk], pa.binary()),
+                "need": pa.array(need[chunk], pa.int64()),
+            }))
     return blocks
 
 
@@ -328,13 +339,14 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     if batch_size <= 0:
         batch_size = GPU_BATCH_PER_REPLICA if gpus else CPU_BATCH
     blocks = _blocks(jobs, splits, batch_size)
-    total = sum(len(b["row"]) for b in blocks)
+    total = sum(len(b) for b in blocks)
     if not total:
         return
     actors, cpus, gpus_each, actor_threads = _plan_actors(gpus, threads)
     actors = min(actors, len(blocks))
     logger.info("ray: %d rows in %d batches on %d actor(s) of %d CPU(s)%s, engine %s", total,
                 len(blocks), actors, cpus, " + 1 GPU" if gpus_each else "", engine)
+    _quiet_ray_data(ray)
     constructor = {
         "jobs": [(job.spec.name, job.tta, job.weights) for job in jobs],
         "sizes": view_sizes(jobs),
@@ -342,42 +354,24 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
         "engine": engine,
         "kill_once": os.environ.get(KILL_ONCE_ENV, ""),
     }
-    # A dead actor is restarted and the batches it held retried, a bounded number of times
-    # (a batch that kills every worker fails the run instead of hanging).
-    worker = ray.remote(BatchWorker).options(num_cpus=cpus, num_gpus=gpus_each,
-                                             max_restarts=RETRIES, max_task_retries=RETRIES,
-                                             max_concurrency=2)
-    pool = [worker.remote(**constructor) for _ in range(actors)]
+    with warnings.catch_warnings():
+        # ray_remote_args_fn is deprecated from Ray 2.60 (removed in 2.64) with no other
+        # way yet to bound restarts; requirements.lock pins 2.60.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mapped = ray.data.from_arrow(blocks).map_batches(
+            BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                size=actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR),
+            num_cpus=cpus, num_gpus=gpus_each or None,
+            # A dead actor is restarted and the batch it held retried, a bounded number of
+            # times (Ray Data's default is forever: a batch that kills every worker hangs).
+            ray_remote_args_fn=_retries)
     names = ", ".join(dict.fromkeys(job.spec.name for job in jobs))
-    try:
-        with tqdm(total=total, unit="img", desc=f"ray [{names}]", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            for out in _results(ray, pool, blocks):
-                _write(jobs, splits, out)
-                bar.update(len(out["row"]))
-    finally:
-        for actor in pool:  # on a cluster that outlives this run, free their CPUs and GPUs
-            ray.kill(actor)
-
-
-def _results(ray: Any, pool: Sequence[Any], blocks: Sequence[dict],
-             in_flight: int = 2) -> Iterator[dict]:
-    """Each result batch as it is finished; every actor holds `in_flight` batches (one
-    running, the next queued behind it) and gets a new one as each finishes."""
-    todo = list(reversed(blocks))
-    pending: dict[Any, Any] = {}
-
-    def submit(actor: Any) -> None:
-        if todo:
-            pending[actor.__call__.remote(todo.pop())] = actor
-
-    for _ in range(in_flight):
-        for actor in pool:
-            submit(actor)
-    while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        submit(pending.pop(ref))
-        yield ray.get(ref)
+    with tqdm(total=total, unit="img", desc=f"ray [{names}]", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for out in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+            _write(jobs, splits, out)
+            bar.update(len(out["row"]))
 
 
 def _write(jobs: Sequence[Any], splits: Mapping[str, ImageList], out: dict) -> None:
