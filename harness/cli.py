@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--threads", type=int, default=0, help="compute threads (0: auto)")
     features.add_argument("--precision", choices=PRECISIONS,
                           help="mixed: float16 compute on GPUs (float32 on a CPU); bfloat16: "
-                               "1.7-2x faster on CPUs with AVX512_BF16; features change slightly")
+                               "1.7-2x faster on CPUs with AVX512_BF16; int8 (--engine "
+                               "openvino): NNCF-quantised, 2.6x faster on this README's CPU; "
+                               "features change slightly")
     features.add_argument("--tta", choices=TTA_MODES,
                           help="test-time augmentation of the default feature set")
     features.add_argument("--engine", choices=ENGINE_CHOICES, help=_ENGINE_HELP)
