@@ -250,5 +250,6 @@ def main() -> None:
               f"{m / np.mean(base_scores):.3f}")
     print(f"total {time.perf_counter() - start:.0f} s")
 
+
 if __name__ == "__main__":
     main()

@@ -32,6 +32,8 @@ BLEND_METHODS: dict[str, tuple[dict[str, Param], str]] = {
     "stack": ({"C": positive_number()},
               "logistic regression on the members' out-of-fold logits"),
 }
+
+
 def check_blend_params(name: str, method: str, params: Mapping[str, Any], *,
                        also: Mapping[str, Any] = ()) -> None:
     """Raises HarnessError for an unknown method, or an unknown or bad parameter of blend

@@ -39,7 +39,6 @@ from ensembles.run_params import (
     BLEND_RUN_PARAMS,
     ENSEMBLE_RUN_PARAMS,
     RunOptions,
-    own_params,
     run_options,
 )
 from ensembles.settings import BlendConfig, EnsembleConfig, EnsemblesRun
@@ -120,7 +119,7 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
     k = len(train.classes)
     folds = cv.make_folds(train.ids, train.labels, config.cv.folds, config.cv.seed,
                           what=f"ensemble {ens.name!r}: training set")
-    head = make_head(ens.head, own_params(ens.params, ENSEMBLE_RUN_PARAMS), ensemble=ens.name)
+    head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS)
     fold_mean = config.cv.test_predictions == "fold-mean"
     test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
         if fold_mean else None

@@ -74,7 +74,3 @@ def run_options(params: Mapping[str, Any], schema: Mapping[str, Param], *,
                       clip_prior=float(params.get("clip_prior", DEFAULT_CLIP_PRIOR)),
                       calibrate=params.get("calibrate", DEFAULT_CALIBRATION))
 
-
-def own_params(params: Mapping[str, Any], schema: Mapping[str, Param]) -> dict[str, Any]:
-    """`params` without the run stage's keys: the head's (or blend method's) own."""
-    return {key: value for key, value in params.items() if key not in schema}

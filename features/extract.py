@@ -222,7 +222,7 @@ def calibration_set(train: ImageList, map_threads: int = 0) -> Calibration:
     list, so every shard of a run quantises the same model."""
     if not len(train):
         raise HarnessError("precision int8 calibrates on the training images, and there "
-                           "are none")
+                           "are none; add training images or use another --precision")
     count = min(CALIBRATION_IMAGES, len(train))
     rows = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(train), count,
                                                                   replace=False))
@@ -253,9 +253,25 @@ def view_sizes(jobs: Sequence[_Job]) -> list[int]:
     return sorted({job_side(job.spec, job.tta) for job in jobs})
 
 
+def _quantization(train: ImageList) -> str:
+    """The "quantization" fingerprint part of int8 files: everything the quantised model
+    depends on besides the backbone (the recipe, the calibration images of the *whole*
+    training list, so a shard notices a changed calibration image in another shard, and the
+    nncf and OpenVINO versions that quantise and run it)."""
+    versions = {}
+    for name in ("nncf", "openvino"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return json.dumps({"calibration": calibration_set(train).identity, **versions},
+                      sort_keys=True)
+
+
 def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: str,
-               images: dict, engine: str) -> dict:
-    """Fingerprint parts of one feature file; `images` holds the train and test digests."""
+               images: dict, engine: str, quantization: str | None = None) -> dict:
+    """Fingerprint parts of one feature file; `images` holds the train and test digests,
+    `quantization` the int8 part (`_quantization`)."""
     parts = {
         **images,
         "backbone": spec.name,
@@ -270,7 +286,7 @@ def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: 
         "engine": engine,
     }
     if precision == "int8":  # only there: other precisions' fingerprints are unchanged
-        parts["quantization"] = QUANTIZATION
+        parts["quantization"] = quantization
     return parts
 
 
@@ -333,20 +349,23 @@ def _plan(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]]
     jobs = []
     # Digested once (a stat per image), not once per backbone and TTA mode.
     full_images = {"train": image_list_digest(train), "test": image_list_digest(test)}
+    quantization = _quantization(train) if precision == "int8" else None
     if shard is not None:
         sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
         shard_images_digest = {"train": image_list_digest(sub_train),
                                "test": image_list_digest(sub_test)}
     for backbone, tta in dict.fromkeys(requests):
         spec = get_backbone(backbone)
-        full_parts = _parts_for(spec, tta, weights[backbone], precision, full_images, engine)
+        full_parts = _parts_for(spec, tta, weights[backbone], precision, full_images, engine,
+                                quantization)
         full_fp = fingerprint_of(full_parts)
         path = feature_path(features_dir, backbone, tta)
         extra: dict[str, Any] = {"shard": ""}
         parts, fp = full_parts, full_fp
         if shard is not None:
             parts = dict(_parts_for(spec, tta, weights[backbone], precision,
-                                    shard_images_digest, engine), shard=f"{shard[0]}/{shard[1]}")
+                                    shard_images_digest, engine, quantization),
+                         shard=f"{shard[0]}/{shard[1]}")
             fp = fingerprint_of(parts)
             path = shard_path(path, shard)
             extra = {

@@ -178,9 +178,14 @@ def quantize(model: Any, calibration: Any, size: int) -> Any:
     nncf_logger.handlers.clear()
     nncf_logger.propagate = True
     nncf_logger.setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(sys.stderr):
-        return nncf.quantize(model, nncf.Dataset(calibration.samples(size)),
-                             subset_size=calibration.count)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.quantize(model, nncf.Dataset(calibration.samples(size)),
+                                 subset_size=calibration.count)
+    except Exception as exc:  # e.g. no calibration image could be decoded
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise HarnessError(f"int8 quantisation on {calibration.description} failed ({first}); "
+                           "check those images or use another --precision") from exc
 
 
 def _read_cached(xml: Path, binary: Path, spec: Any, what: str) -> Any:

@@ -196,6 +196,17 @@ def shutdown() -> None:
     ray.shutdown()
 
 
+def actor_pool(actors: int) -> Any:
+    """Ray Data's fixed pool of `actors` BatchWorkers, each running CALLS_PER_ACTOR batches
+    at once on real threads (without `enable_true_multi_threading`, Ray Data 2.60 runs an
+    actor's calls one at a time on one thread whatever the concurrency)."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=actors,
+                                      max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                      enable_true_multi_threading=True)
+
+
 def _retries() -> dict:
     return {"max_restarts": RETRIES, "max_task_retries": RETRIES}
 
@@ -360,8 +371,7 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
         warnings.simplefilter("ignore", DeprecationWarning)
         mapped = ray.data.from_arrow(blocks).map_batches(
             BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(
-                size=actors, max_concurrent_calls_per_actor=CALLS_PER_ACTOR),
+            batch_format="numpy", compute=actor_pool(actors),
             num_cpus=cpus, num_gpus=gpus_each or None,
             # A dead actor is restarted and the batch it held retried, a bounded number of
             # times (Ray Data's default is forever: a batch that kills every worker hangs).

@@ -105,8 +105,8 @@ def parse_features(raw: dict, base: Path, source: Path | None) -> FeaturesConfig
         check_precision(precision, engine)
         if cluster != "auto" and engine != "ray":  # else it would be silently ignored
             raise HarnessError(f"cluster = {cluster!r} is used only by engine \"ray\" (engine "
-                               f"is {engine!r}); set engine = \"ray\" (--engine ray) or "
-                               "remove cluster")
+                               f"is {engine!r}); set engine = \"ray\" (--engine ray), or remove "
+                               "cluster (--cluster auto for one run)")
     except HarnessError as exc:  # its message lacks the file's name: add it
         raise HarnessError(f"{where(source)}: {exc}") from None
     return FeaturesConfig(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -79,7 +80,10 @@ def test_int8_model_is_cached_recorded_and_fingerprinted(tmp_path, engine_cache)
     attrs = read_attrs(path)
     parts = json.loads(attrs["fingerprint_parts"])
     assert attrs["precision"] == parts["precision"] == "int8" and attrs["engine"] == "openvino"
-    assert f"{CALIBRATION_IMAGES} training images" in parts["quantization"]
+    quantization = json.loads(parts["quantization"])
+    assert f"{CALIBRATION_IMAGES} training images" in quantization["calibration"]
+    assert quantization["nncf"] == metadata.version("nncf")
+    assert quantization["openvino"] == metadata.version("openvino")
     int8_features = load_split(path, "test").features
 
     # A second run reads the quantised model from the cache: no second quantisation.

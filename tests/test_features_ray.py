@@ -288,3 +288,35 @@ def test_the_cli_runs_on_the_cluster_it_is_given(tmp_path, local_ray):
     assert done.returncode == 0, done.stderr[-3000:]
     attrs = read_attrs(feature_path(tmp_path / "ws" / "features", "mobilenet_025"))
     assert attrs["complete"] and attrs["executor"] == "ray"
+
+
+class _OverlapProbe:
+    """A map_batches class that records how many of its calls run at the same moment."""
+
+    def __init__(self):
+        import threading
+
+        self.lock, self.running, self.peak = threading.Lock(), 0, 0
+
+    def __call__(self, batch):
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.3)
+        with self.lock:
+            self.running -= 1
+        return {"peak": np.full(len(batch["id"]), self.peak)}
+
+
+def test_each_actor_of_the_pool_runs_two_batches_at_once():
+    # The pool extraction uses: one batch decodes while the other runs the models. Ray Data
+    # runs an actor's calls one at a time unless its threads are real (a pool setting).
+    from features.ray_engine import CALLS_PER_ACTOR, actor_pool
+
+    mapped = ray.data.range(8, override_num_blocks=8).map_batches(
+        _OverlapProbe, batch_size=None, batch_format="numpy", compute=actor_pool(1))
+    peaks = [int(p) for b in mapped.iter_batches(batch_size=None, batch_format="numpy")
+             for p in b["peak"]]
+    assert max(peaks) == CALLS_PER_ACTOR == 2
