@@ -118,6 +118,10 @@ def positive_int(minimum: int = 1) -> Param:
                  expected)
 
 
+def non_negative_number() -> Param:
+    return Param(lambda v: _number(v) and v >= 0, "a number >= 0")
+
+
 def fraction() -> Param:
     return Param(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from base.config import Param, check_params, one_of
+from base.config import Param, check_params, non_negative_number, one_of
 from ensembles.calibrate import CALIBRATIONS
 from ensembles.cv import DEFAULT_CLIP_PRIOR
 
@@ -35,8 +35,8 @@ def clip_setting(value: Any) -> str | tuple[float, float] | None:
 
 ENSEMBLE_RUN_PARAMS: dict[str, Param] = {
     "clip": Param(lambda v: clip_setting(v) is not None, CLIP_FORMS),
-    "clip_prior": Param(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and v >= 0, "a number >= 0 (imagined confident mistakes; 0 = none)"),
+    "clip_prior": Param(non_negative_number().test,
+                        "a number >= 0 (imagined confident mistakes; 0 = none)"),
     "calibrate": one_of(CALIBRATIONS),
     # Resolved (and an unknown name refused) by ensembles.presets before anything runs.
     "preset": Param(lambda v: isinstance(v, str), "a preset name"),
@@ -73,4 +73,3 @@ def run_options(params: Mapping[str, Any], schema: Mapping[str, Param], *,
     return RunOptions(clip=clip_setting(params.get("clip", default_clip)),
                       clip_prior=float(params.get("clip_prior", DEFAULT_CLIP_PRIOR)),
                       calibrate=params.get("calibrate", DEFAULT_CALIBRATION))
-

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,13 @@ from features.engines import (
     preferred_engine,
     resolve_engine,
 )
-from features.fingerprint import describe_changes, fingerprint_of, ids_digest, image_list_digest
+from features.fingerprint import (
+    describe_changes,
+    fingerprint_of,
+    ids_digest,
+    image_list_digest,
+    installed_version,
+)
 from features.fold import GRAPH_VERSION
 from features.openvino_engine import QUANTIZER_VERSION
 from features.settings import TTA_MODES, FeaturesRun
@@ -234,13 +239,8 @@ def calibration_set(train: ImageList, map_threads: int = 0) -> Calibration:
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that shape the features (no imports)."""
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return {"python": platform.python_version(),
+            **{name: installed_version(name) for name in LIBRARIES}}
 
 
 def crop_size(input_size: int) -> int:
@@ -258,13 +258,8 @@ def _quantization(train: ImageList) -> str:
     depends on besides the backbone (the recipe, the calibration images of the *whole*
     training list, so a shard notices a changed calibration image in another shard, and the
     nncf and OpenVINO versions that quantise and run it)."""
-    versions = {}
-    for name in ("nncf", "openvino"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return json.dumps({"calibration": calibration_set(train).identity, **versions},
+    return json.dumps({"calibration": calibration_set(train).identity,
+                       **{name: installed_version(name) for name in ("nncf", "openvino")}},
                       sort_keys=True)
 
 

@@ -10,9 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from competition.images import ImageList
+
+
+def installed_version(name: str) -> str:
+    """The installed version of package `name`, read without importing it; "absent" when
+    it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def ids_digest(ids: Sequence[str]) -> str:

@@ -28,7 +28,6 @@ import shutil
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import numpy as np
 from base.atomic import atomic_path, remove_stale_temps, writer_tag
 from base.errors import HarnessError
 from base.workspace import user_cache_dir
+from features.fingerprint import installed_version
 from features.fold import GRAPH_VERSION
 
 logger = logging.getLogger(__name__)
@@ -53,14 +53,6 @@ INFERENCE_PRECISION = {"float32": "f32", "mixed": "f32", "bfloat16": "bf16", "in
 # model is quantised changes.
 QUANTIZER_VERSION = ("nncf.quantize defaults (performance preset: symmetric; fast bias "
                      "correction), one image a sample (v1)")
-
-
-def openvino_version() -> str:
-    """The installed OpenVINO version (no import)."""
-    try:
-        return metadata.version("openvino")
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 def default_cache_dir() -> Path:
@@ -81,9 +73,9 @@ def cache_key_parts(spec: Any, weights_identity: str) -> dict:
         "ir_precision": "f32",
         "batch": "dynamic",
         "converter": CONVERTER_VERSION,
-        "openvino": openvino_version(),
-        "tensorflow": _version("tensorflow"),
-        "keras": _version("keras"),
+        "openvino": installed_version("openvino"),
+        "tensorflow": installed_version("tensorflow"),
+        "keras": installed_version("keras"),
     }
 
 
@@ -95,18 +87,11 @@ def cache_paths(cache_dir: Path, spec: Any, weights_identity: str,
     label = ""
     if calibration is not None:
         parts.update(ir_precision="int8", quantizer=QUANTIZER_VERSION,
-                     nncf=_version("nncf"), calibration=calibration)
+                     nncf=installed_version("nncf"), calibration=calibration)
         label = "int8-"
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:20]
     stem = Path(cache_dir) / f"{spec.name}-{spec.input_size}-{label}{key}"
     return stem.with_suffix(".xml"), stem.with_suffix(".bin")
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 def compile_config(runtime: Any) -> dict:
@@ -260,7 +245,7 @@ class OpenVINOForward:
         self.config = compile_config(runtime)
         self.compiled = ov.Core().compile_model(model, "CPU", self.config)
         self._request = self.compiled.create_infer_request()
-        logger.info("%s: OpenVINO %s on %s, %s", spec.name, openvino_version(),
+        logger.info("%s: OpenVINO %s on %s, %s", spec.name, installed_version("openvino"),
                     self.compiled.get_property("EXECUTION_DEVICES"),
                     ", ".join(f"{k} {v}" for k, v in self.config.items()))
         # The first inference creates the kernels for this shape (not to be timed as compute).
