@@ -1,7 +1,9 @@
 """Benchmark: the Ray executor's overhead on one machine, and the driver's write rate.
 
 Prints, on N genuine photos of `../shared`'s dogs-vs-cats-mini (default 400, cats and dogs
-interleaved), one or more backbones (default xception, weights none: fine for speed):
+interleaved), one or more backbones (default the harness's default set, ResNet50 +
+InceptionV3 + Xception, what a plain `harness features` extracts; weights none: fine for
+speed):
   local s   wall time of a fresh process running `extract_features` in process
             (engine auto: what a plain `harness features` runs),
   ray s     wall time of a fresh process running it with engine "ray" on a local Ray
@@ -13,9 +15,9 @@ streamed batch is one `parts.write_part` on the driver, and the end one `parts.a
 both are timed on `--write-rows` synthetic rows of the backbone's width (MB/s, rows/s),
 which bounds how many workers one driver can absorb (README: "Scaling model").
 
-    python bench/ray_overhead.py                  # 400 photos, xception, 2 rounds
+    python bench/ray_overhead.py                  # 400 photos, the default three, 2 rounds
     python bench/ray_overhead.py --actors 2       # two 1-thread actors instead of one
-    python bench/ray_overhead.py --backbones resnet50,inception_v3,xception
+    python bench/ray_overhead.py --backbones xception   # one backbone: the worst case
 
 The OpenVINO conversion (engine auto on a CPU) is cached before timing, so neither side
 pays it. Run it alone on the machine (the timings are wall times).
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from competition.images import ImageList
+from features.settings import DEFAULT_BACKBONES
 from tests.shared_assets import MINI_DATA, mini_photos, no_test_images, shared_root
 
 DATA = shared_root() / MINI_DATA / "train"
@@ -104,8 +107,8 @@ def write_rate(dim: int, rows: int, batch: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400, help="photos (default 400)")
-    parser.add_argument("--backbones", default="xception",
-                        help="comma-separated (default xception)")
+    parser.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
+                        help="comma-separated (default: the harness's default backbones)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
     parser.add_argument("--actors", type=int, choices=(1, 2), default=1,
                         help="Ray CPU actors: 1 of every core (default) or 2 of 1 thread")

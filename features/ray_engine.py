@@ -48,8 +48,12 @@ logger = logging.getLogger(__name__)
 
 KILL_ONCE_ENV = "HARNESS_RAY_KILL_ONCE"
 RETRIES = 4  # restarts of a dead actor, and retries of the batch it held
-# Batches an actor works on at once: one decoding while the other runs the models.
-CALLS_PER_ACTOR = 2
+# Batches a GPU actor works on at once: one decodes on the CPU while the other holds the
+# GPU. A CPU actor takes one at a time: its engine already runs every core it reserved, so
+# a second batch's decoding only competed with it (Xception, 2 cores: 1.47 s a batch with
+# two at once, 1.45 s with one, and a first batch 1.9 s later; bench/ray_overhead.py).
+GPU_CALLS_PER_ACTOR = 2
+CPU_CALLS_PER_ACTOR = 1
 CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local", "ray://HOST:PORT" '
                 '(Ray Client) or "HOST:PORT" (a head started with `ray start --head`)')
 
@@ -196,15 +200,15 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def actor_pool(actors: int) -> Any:
-    """Ray Data's fixed pool of `actors` BatchWorkers, each running CALLS_PER_ACTOR batches
-    at once on real threads (without `enable_true_multi_threading`, Ray Data 2.60 runs an
-    actor's calls one at a time on one thread whatever the concurrency)."""
+def actor_pool(actors: int, calls_per_actor: int) -> Any:
+    """Ray Data's fixed pool of `actors` BatchWorkers, each running `calls_per_actor`
+    batches at once on real threads (without `enable_true_multi_threading`, Ray Data 2.60
+    runs an actor's calls one at a time on one thread whatever the concurrency)."""
     import ray
 
     return ray.data.ActorPoolStrategy(size=actors,
-                                      max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                                      enable_true_multi_threading=True)
+                                      max_concurrent_calls_per_actor=calls_per_actor,
+                                      enable_true_multi_threading=calls_per_actor > 1)
 
 
 def _retries() -> dict:
@@ -224,9 +228,10 @@ class BatchWorker:
     """One Ray actor: builds every requested backbone once, then maps batches of rows to
     features with the local run's own per-batch step (features.extract.batch_features).
 
-    It runs two batches at a time (ActorPoolStrategy's `max_concurrent_calls_per_actor`):
-    one decodes and resizes while the other holds the models (`self.model_lock`), as a
-    local run's tf.data prefetch overlaps decoding with compute.
+    On a GPU it runs two batches at a time (ActorPoolStrategy's
+    `max_concurrent_calls_per_actor`): one decodes and resizes while the other holds the
+    models (`self.model_lock`), as a local run's tf.data prefetch overlaps decoding with
+    compute.
 
     Args:
         jobs: (backbone, tta, WeightsChoice) of every job, in the driver's order (bit k
@@ -369,9 +374,13 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
         # ray_remote_args_fn is deprecated from Ray 2.60 (removed in 2.64) with no other
         # way yet to bound restarts; requirements.lock pins 2.60.
         warnings.simplefilter("ignore", DeprecationWarning)
-        mapped = ray.data.from_arrow(blocks).map_batches(
+        # from_blocks keeps one block per batch and reads their row counts here; from_arrow
+        # ran a Ray task per block for the same (0.4 s before the first batch, measured).
+        mapped = ray.data.from_blocks(blocks).map_batches(
             BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
-            batch_format="numpy", compute=actor_pool(actors),
+            batch_format="numpy",
+            compute=actor_pool(actors, GPU_CALLS_PER_ACTOR if gpus_each else
+                               CPU_CALLS_PER_ACTOR),
             num_cpus=cpus, num_gpus=gpus_each or None,
             # A dead actor is restarted and the batch it held retried, a bounded number of
             # times (Ray Data's default is forever: a batch that kills every worker hangs).

@@ -310,13 +310,15 @@ class _OverlapProbe:
         return {"peak": np.full(len(batch["id"]), self.peak)}
 
 
-def test_each_actor_of_the_pool_runs_two_batches_at_once():
-    # The pool extraction uses: one batch decodes while the other runs the models. Ray Data
-    # runs an actor's calls one at a time unless its threads are real (a pool setting).
-    from features.ray_engine import CALLS_PER_ACTOR, actor_pool
+@pytest.mark.parametrize("calls", [1, 2])
+def test_each_actor_of_the_pool_runs_as_many_batches_at_once_as_asked(calls):
+    # GPU actors take two batches at once (one decodes while the other runs the models) and
+    # CPU actors one. Ray Data runs an actor's calls one at a time unless its threads are
+    # real (a pool setting that actor_pool turns on for two).
+    from features.ray_engine import actor_pool
 
     mapped = ray.data.range(8, override_num_blocks=8).map_batches(
-        _OverlapProbe, batch_size=None, batch_format="numpy", compute=actor_pool(1))
+        _OverlapProbe, batch_size=None, batch_format="numpy", compute=actor_pool(1, calls))
     peaks = [int(p) for b in mapped.iter_batches(batch_size=None, batch_format="numpy")
              for p in b["peak"]]
-    assert max(peaks) == CALLS_PER_ACTOR == 2
+    assert max(peaks) == calls
