@@ -14,8 +14,8 @@ and, from the Ray run, the model images/s per actor;
   floor s   seconds in a fresh process that only starts a local Ray, maps one batch
             through a pool of one actor that does nothing, and shuts Ray down, with the
             harness's own `connect`, `actor_pool` and `shutdown`: the seconds of Ray and
-            Ray Data that no extraction can overlap (before the first actor exists, after
-            the last batch), so (local s + floor s) / local s is about the lowest ratio a
+            Ray Data that no extraction can overlap (before the pool's actor is ready,
+            after the last batch), so (local s + floor s) / local s is about the lowest ratio a
             Ray Data executor reaches here.
 Then the driver's write rate: every
 streamed batch is one `parts.write_part` on the driver, and the end one `parts.assemble`;
