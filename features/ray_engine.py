@@ -49,10 +49,11 @@ logger = logging.getLogger(__name__)
 KILL_ONCE_ENV = "HARNESS_RAY_KILL_ONCE"
 RETRIES = 4  # restarts of a dead actor, and retries of the batch it held
 # Batches a GPU actor works on at once: one decodes on the CPU while the other holds the
-# GPU. A CPU actor takes one at a time: its engine already runs every core it reserved, so
-# a second batch's decoding only competed with it (2 cores, 400 photos: Xception 1.47 s a
-# batch with two at once, 1.45 s with one, first batch 0.8 s later; the three default
-# backbones 46.2 and 48.5 s with two, 46.1 and 46.3 s with one).
+# GPU. A CPU actor takes one at a time: its engine already runs every core it reserved, and
+# two at once gained nothing here (2 cores, OpenVINO, 400 photos: Xception 1.47 s a batch
+# with two, 1.45 s with one, the first batch back 0.8 s later with two; the three default
+# backbones 46.2 and 48.5 s with two, 46.1 and 46.3 s with one; not measured on larger
+# nodes or with TensorFlow on CPU actors).
 GPU_CALLS_PER_ACTOR = 2
 CPU_CALLS_PER_ACTOR = 1
 CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local", "ray://HOST:PORT" '
@@ -232,7 +233,7 @@ class BatchWorker:
     On a GPU it runs two batches at a time (ActorPoolStrategy's
     `max_concurrent_calls_per_actor`): one decodes and resizes while the other holds the
     models (`self.model_lock`), as a local run's tf.data prefetch overlaps decoding with
-    compute.
+    compute. On a CPU it runs one at a time (CPU_CALLS_PER_ACTOR) and the lock is idle.
 
     Args:
         jobs: (backbone, tta, WeightsChoice) of every job, in the driver's order (bit k
@@ -376,7 +377,8 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
         # way yet to bound restarts; requirements.lock pins 2.60.
         warnings.simplefilter("ignore", DeprecationWarning)
         # from_blocks keeps one block per batch and reads their row counts here; from_arrow
-        # ran a Ray task per block for the same (0.4 s before the first batch, measured).
+        # ran a Ray task per block for the same (measured: 0.45 s -> 0.04 s before the
+        # executor starts). It is a DeveloperAPI of the Ray Data that requirements.lock pins.
         mapped = ray.data.from_blocks(blocks).map_batches(
             BatchWorker, fn_constructor_kwargs=constructor, batch_size=None,
             batch_format="numpy",
