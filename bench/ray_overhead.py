@@ -26,6 +26,7 @@ which bounds how many workers one driver can absorb (README: "Scaling model").
     python bench/ray_overhead.py                  # 400 photos, the default three, 2 rounds
     python bench/ray_overhead.py --actors 2       # two 1-thread actors instead of one
     python bench/ray_overhead.py --backbones xception   # one backbone: the worst case
+    python bench/ray_overhead.py --head           # Ray runs join a head started first
 
 The OpenVINO conversion (engine auto on a CPU) is cached before timing, so neither side
 pays it. Run it alone on the machine (the timings are wall times).
@@ -34,13 +35,16 @@ pays it. Run it alone on the machine (the timings are wall times).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
                               [(b, "none") for b in backbones],
                               {b: WeightsChoice(None, "none") for b in backbones}, Path(args.out),
                               batch_size=32, threads=threads, progress=False, engine=engine,
-                              cluster="local")
+                              cluster=args.cluster)
     # Images per second of model time over all backbones (one image through every one).
     model_s = sum(r.seconds for r in report.results)
     print(json.dumps({"extract_s": report.seconds, "engine": report.engine,
@@ -89,7 +93,7 @@ def floor_child(args: argparse.Namespace) -> None:
     from features import ray_engine
 
     start = time.perf_counter()
-    ray_engine.connect("local")
+    ray_engine.connect(args.cluster)
     try:
         import ray
 
@@ -106,11 +110,45 @@ def floor_child(args: argparse.Namespace) -> None:
     print(json.dumps({"in_process_s": time.perf_counter() - start}))
 
 
+@contextlib.contextmanager
+def ray_head(args: argparse.Namespace) -> Iterator[None]:
+    """With --head: a Ray head on this machine (`ray start --head`, untimed) that the Ray
+    runs connect to, stopped afterwards; the local runs never share the machine with it."""
+    if not args.head:
+        yield
+        return
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--num-cpus={os.cpu_count()}",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True)
+    args.cluster = f"127.0.0.1:{port}"
+    try:
+        yield
+    finally:
+        args.cluster = "local"
+        subprocess.run([ray_cli, "stop"], check=False, capture_output=True)
+
+
+def report(run: dict) -> dict:
+    """Print one timed child's line; return it."""
+    if run["mode"] == "floor":
+        print(f"  floor {run['wall_s']:6.1f} s wall (in process {run['in_process_s']:.1f} s: "
+              "Ray start-up, one batch to each idle actor, shutdown)", flush=True)
+    else:
+        print(f"  {run['mode']:5s} {run['wall_s']:6.1f} s wall (extract_features "
+              f"{run['extract_s']:.1f} s, {run['img_per_s']:.1f} img/s model time, engine "
+              f"{run['engine']})", flush=True)
+    return run
+
+
 def timed_child(mode: str, args: argparse.Namespace, out: Path, n: int | None = None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "--child", mode, "--out", str(out),
                "--n", str(n or args.n), "--backbones", args.backbones,
-               "--actors", str(args.actors)]
+               "--actors", str(args.actors), "--cluster", args.cluster]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -118,7 +156,7 @@ def timed_child(mode: str, args: argparse.Namespace, out: Path, n: int | None = 
         sys.exit(f"{mode} run failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert mode == "floor" or not result["reused"]
-    return {"wall_s": wall, **result}
+    return {"mode": mode, "wall_s": wall, **result}
 
 
 def write_rate(dim: int, rows: int, batch: int, folder: Path) -> dict:
@@ -151,6 +189,11 @@ def main() -> None:
     parser.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
                         help="comma-separated (default: the harness's default backbones)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
+    parser.add_argument("--head", action="store_true",
+                        help="start a Ray head on this machine first (`ray start --head`, not "
+                             "timed) and connect the Ray runs to it, as on a running cluster; "
+                             "`ray stop` afterwards stops every Ray on this machine")
+    parser.add_argument("--cluster", default="local", help=argparse.SUPPRESS)
     parser.add_argument("--actors", type=int, choices=(1, 2), default=1,
                         help="Ray CPU actors: 1 of every core (default) or 2 of 1 thread")
     parser.add_argument("--write-rows", type=int, default=16384,
@@ -175,17 +218,10 @@ def main() -> None:
         timed_child("local", args, folder / "warm", n=4)  # caches the OpenVINO conversion
         runs: dict[str, list[dict]] = {"local": [], "ray": [], "floor": []}
         for _ in range(args.repeats):
-            for mode in ("local", "ray", "floor"):
-                run = timed_child(mode, args, folder / mode)
-                runs[mode].append(run)
-                if mode == "floor":
-                    print(f"  floor {run['wall_s']:6.1f} s wall (in process "
-                          f"{run['in_process_s']:.1f} s: Ray start-up, one batch to each idle "
-                          "actor, shutdown)", flush=True)
-                else:
-                    print(f"  {mode:5s} {run['wall_s']:6.1f} s wall (extract_features "
-                          f"{run['extract_s']:.1f} s, {run['img_per_s']:.1f} img/s model "
-                          f"time, engine {run['engine']})", flush=True)
+            runs["local"].append(report(timed_child("local", args, folder / "local")))
+            with ray_head(args):
+                for mode in ("ray", "floor"):
+                    runs[mode].append(report(timed_child(mode, args, folder / mode)))
         local, ray = (min(runs[mode], key=lambda r: r["wall_s"]) for mode in ("local", "ray"))
         # In-process seconds: the interpreter's start is paid by the local run as well.
         floors = [r["in_process_s"] for r in runs["floor"]]
@@ -193,13 +229,15 @@ def main() -> None:
         rate = write_rate(dim, args.write_rows, 32, folder / "write")
     ratio = ray["wall_s"] / local["wall_s"]
     print(f"\n{args.n} photos, {args.backbones} (weights none), batch 32, "
-          f"{args.actors} Ray CPU actor(s), best of {args.repeats} fresh processes each:")
+          f"{args.actors} Ray CPU actor(s), best of {args.repeats} fresh processes each"
+          f"{'; the Ray runs connect to a head started beforehand' if args.head else ''}:")
     print(f"local s  {local['wall_s']:7.1f}   (engine {local['engine']}, "
           f"{local['img_per_s']:.1f} img/s model time)")
     print(f"ray s    {ray['wall_s']:7.1f}   (engine {ray['engine']}, "
           f"{ray['img_per_s']:.1f} img/s model time per actor)")
     print(f"ratio    {ratio:7.3f}   target <= 1.15: {'PASS' if ratio <= 1.15 else 'MISS'}")
-    print(f"floor s  {floor_s:7.1f}   (in a fresh process: local Ray, one batch to each idle "
+    ray_part = "connect to the head" if args.head else "local Ray"
+    print(f"floor s  {floor_s:7.1f}   (in a fresh process: {ray_part}, one batch to each idle "
           f"actor, shutdown; {min(floors):.1f}-{max(floors):.1f} s over the rounds)")
     print(f"lowest   {(local['wall_s'] + floor_s) / local['wall_s']:7.3f}   "
           f"(local s + floor s) / local s; the Ray run adds "

@@ -147,13 +147,48 @@ def connect(cluster: str) -> bool:
             ray.init(num_cpus=cpus, **kwargs)
         else:
             address = "auto" if cluster == "auto" else cluster
+            if address != "auto":
+                _token_auth_if_token_available()
             logger.info("ray: connecting to %s", address)
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        if _refused_token(exc):
+            raise HarnessError(
+                f"the Ray cluster {cluster!r} uses token authentication and refused this "
+                f"machine: copy the head's ~/.ray/auth_token to this machine's "
+                f"~/.ray/auth_token (or set RAY_AUTH_TOKEN)") from exc
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise HarnessError(f"cannot reach the Ray cluster {cluster!r} ({first}); start it with "
                            f"`ray start --head` or fix {CLUSTER_HELP}") from exc
     return True
+
+
+def _token_auth_if_token_available() -> None:
+    """Turn Ray's token authentication on for this driver when a token is at hand
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset.
+
+    A head started with `ray start --head` (Ray 2.60) requires the token. `address="auto"`
+    finds that out from the head's session on the same machine, but an explicit HOST:PORT
+    connects without the token unless RAY_AUTH_MODE=token, and is refused. Ray's own rule
+    for joining nodes is used; a cluster without authentication ignores the token."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except Exception:  # private API moved: RAY_AUTH_MODE=token still works
+        logger.debug("ray: token authentication not set up", exc_info=True)
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """Whether a failed connection (or what caused it) was a refused authentication token."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "InvalidAuthToken" in str(seen) or type(seen).__name__ == "AuthenticationError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _plan_actors(gpus: int, threads: int) -> tuple[int, int, int, int]:
