@@ -167,10 +167,11 @@ def _token_auth_if_token_available() -> None:
     """Turn Ray's token authentication on for this driver when a token is at hand
     (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and RAY_AUTH_MODE is unset.
 
-    A head started with `ray start --head` (Ray 2.60) requires the token. `address="auto"`
-    finds that out from the head's session on the same machine, but an explicit HOST:PORT
-    connects without the token unless RAY_AUTH_MODE=token, and is refused. Ray's own rule
-    for joining nodes is used; a cluster without authentication ignores the token."""
+    A head that uses token authentication (Ray 2.60's `ray start --head` turns it on where
+    a token already exists) refuses a driver without the token. `address="auto"` finds the
+    mode in the head's session on the same machine, but an explicit HOST:PORT sends no token
+    unless RAY_AUTH_MODE=token. Ray's own rule for joining nodes is used (the token itself
+    is never read or logged here); a cluster without authentication ignores the token."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
