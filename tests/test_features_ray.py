@@ -328,26 +328,29 @@ def test_each_actor_of_the_pool_runs_as_many_batches_at_once_as_asked(calls):
 
 
 def _start_head(port: int, env: dict, temp_dir: str) -> subprocess.Popen:
-    """`ray start --head --block` (a head as a user starts one); stopping the process stops
-    the head's processes. Its own temp dir: a head records itself in the temp dir's
-    `ray_current_cluster`, which a plain local `ray.init` (the next test's) would then try
-    to join."""
-    head = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-         f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """`ray start --head --block` (a head as a user starts one), once it says it runs;
+    stopping the process stops the head's processes. Its own temp dir: a head records
+    itself in the temp dir's `ray_current_cluster`, which a plain local `ray.init` (the
+    next test's) would then try to join."""
+    log = Path(temp_dir) / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+             f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
-    for line in head.stdout:  # ends if the head exits
-        if "Ray runtime started" in line or time.monotonic() > deadline:
-            break
-    assert head.poll() is None, "ray start --head failed"
+    while "Ray runtime started" not in log.read_text(errors="replace"):
+        if head.poll() is not None or time.monotonic() > deadline:
+            head.kill()
+            pytest.fail(f"ray start --head did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
     return head
 
 
 def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp_path):
-    # A head started with `ray start --head` where a token exists requires it; a driver
-    # given HOST:PORT sent none unless RAY_AUTH_MODE=token was set by hand, and was refused.
+    # `ray start --head` where a token exists turns token authentication on; a driver given
+    # HOST:PORT sent no token unless RAY_AUTH_MODE=token was set by hand, and was refused.
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
@@ -376,8 +379,7 @@ def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp
         assert joined.returncode == 0 and "cpus 1" in joined.stdout, joined.stderr[-2000:]
         stranger = dict(env, HOME=str(tmp_path / "stranger"))  # no token on this "machine"
         refused = subprocess.run([sys.executable, "-c", driver], env=stranger, cwd=ROOT,
-                                 check=False,
-                                 capture_output=True, text=True, timeout=120)
+                                 check=False, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 1
         assert "uses token authentication and refused this machine" in refused.stderr
         assert "~/.ray/auth_token" in refused.stderr.strip().splitlines()[-1]
