@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from base.errors import HarnessError
+from base.errors import HarnessError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class BackboneSpec:
         except Exception as exc:
             if weights == "imagenet" and _download_failed(exc):
                 raise HarnessError(
-                    f"{self.name}: cannot download the ImageNet weights ({_first_line(exc)}); "
+                    f"{self.name}: cannot download the ImageNet weights ({first_line(exc)}); "
                     f"offline, give the file: --weights FILE or weights_dir holding "
                     f"{self.weight_files[0]} (e.g. ../shared/weights), or --weights none"
                 ) from None
@@ -107,17 +107,11 @@ class BackboneSpec:
                     logger.warning("%s: %s", weights, warning.message)
             except (OSError, ValueError) as exc:
                 raise HarnessError(
-                    f"{weights}: not {self.name}'s weights ({_first_line(exc)}); give "
+                    f"{weights}: not {self.name}'s weights ({first_line(exc)}); give "
                     f"{self.name}'s no-top ImageNet file ({' or '.join(self.weight_files)}), "
                     "\"imagenet\" or \"none\""
                 ) from None
         return model
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    """The start of an exception's message: Keras lists every layer in some of them."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _download_failed(exc: BaseException) -> bool:

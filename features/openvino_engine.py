@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from base.atomic import atomic_path, remove_stale_temps, writer_tag
-from base.errors import HarnessError
+from base.errors import HarnessError, first_line
 from base.workspace import user_cache_dir
 from features.fingerprint import installed_version
 from features.fold import GRAPH_VERSION
@@ -168,9 +168,9 @@ def quantize(model: Any, calibration: Any, size: int) -> Any:
             return nncf.quantize(model, nncf.Dataset(calibration.samples(size)),
                                  subset_size=calibration.count)
     except Exception as exc:  # e.g. no calibration image could be decoded
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise HarnessError(f"int8 quantisation on {calibration.description} failed ({first}); "
-                           "check those images or use another --precision") from exc
+        raise HarnessError(f"int8 quantisation on {calibration.description} failed "
+                           f"({first_line(exc)}); check those images or use another "
+                           "--precision") from exc
 
 
 def _read_cached(xml: Path, binary: Path, spec: Any, what: str) -> Any:
@@ -184,7 +184,7 @@ def _read_cached(xml: Path, binary: Path, spec: Any, what: str) -> Any:
         model = ov.Core().read_model(xml)
     except Exception as exc:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
         logger.warning("%s: cached OpenVINO model %s cannot be read (%s); %s again",
-                       spec.name, xml, str(exc).strip().splitlines()[0][:160],
+                       spec.name, xml, first_line(exc),
                        "quantising" if what == "int8" else "converting")
         xml.unlink(missing_ok=True)
         binary.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from base.errors import HarnessError
+from base.errors import HarnessError, first_line
 from competition.images import ImageList
 from features import parts as part_store
 
@@ -157,9 +157,8 @@ def connect(cluster: str) -> bool:
                 f"the Ray cluster {cluster!r} uses token authentication and refused this "
                 f"machine: copy the head's ~/.ray/auth_token to this machine's "
                 f"~/.ray/auth_token (or set RAY_AUTH_TOKEN)") from exc
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise HarnessError(f"cannot reach the Ray cluster {cluster!r} ({first}); start it with "
-                           f"`ray start --head` or fix {CLUSTER_HELP}") from exc
+        raise HarnessError(f"cannot reach the Ray cluster {cluster!r} ({first_line(exc)}); "
+                           f"start it with `ray start --head` or fix {CLUSTER_HELP}") from exc
     return True
 
 
