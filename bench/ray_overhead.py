@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ import numpy as np
 
 from competition.images import ImageList
 from features.settings import DEFAULT_BACKBONES
+from tests.ray_head import ray_head
 from tests.shared_assets import MINI_DATA, mini_photos, no_test_images, shared_root
 
 DATA = shared_root() / MINI_DATA / "train"
@@ -111,25 +111,18 @@ def floor_child(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def ray_head(args: argparse.Namespace) -> Iterator[None]:
-    """With --head: a Ray head on this machine (`ray start --head`, untimed) that the Ray
-    runs connect to, stopped afterwards; the local runs never share the machine with it."""
+def head_for_ray_runs(args: argparse.Namespace) -> Iterator[None]:
+    """With --head: a Ray head on this machine (tests.ray_head, untimed) that the Ray runs
+    connect to, stopped afterwards; the local runs never share the machine with it."""
     if not args.head:
         yield
         return
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--num-cpus={os.cpu_count()}",
-                    "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True)
-    args.cluster = f"127.0.0.1:{port}"
-    try:
-        yield
-    finally:
-        args.cluster = "local"
-        subprocess.run([ray_cli, "stop"], check=False, capture_output=True)
+    with ray_head(os.cpu_count() or 1) as address:
+        args.cluster = address
+        try:
+            yield
+        finally:
+            args.cluster = "local"
 
 
 def report(run: dict) -> dict:
@@ -191,8 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept")
     parser.add_argument("--head", action="store_true",
                         help="start a Ray head on this machine first (`ray start --head`, not "
-                             "timed) and connect the Ray runs to it, as on a running cluster; "
-                             "`ray stop` afterwards stops every Ray on this machine")
+                             "timed) and connect the Ray runs to it, as on a running cluster")
     parser.add_argument("--cluster", default="local", help=argparse.SUPPRESS)
     parser.add_argument("--actors", type=int, choices=(1, 2), default=1,
                         help="Ray CPU actors: 1 of every core (default) or 2 of 1 thread")
@@ -219,7 +211,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"local": [], "ray": [], "floor": []}
         for _ in range(args.repeats):
             runs["local"].append(report(timed_child("local", args, folder / "local")))
-            with ray_head(args):
+            with head_for_ray_runs(args):
                 for mode in ("ray", "floor"):
                     runs[mode].append(report(timed_child(mode, args, folder / mode)))
         local, ray = (min(runs[mode], key=lambda r: r["wall_s"]) for mode in ("local", "ray"))

@@ -11,9 +11,7 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from tests.features_fixtures import (
     image_lists,
     make_dataset,
 )
+from tests.ray_head import ray_head
 
 ray = pytest.importorskip("ray")
 
@@ -327,27 +326,6 @@ def test_each_actor_of_the_pool_runs_as_many_batches_at_once_as_asked(calls):
     assert max(peaks) == calls
 
 
-def _start_head(port: int, env: dict, temp_dir: str) -> subprocess.Popen:
-    """`ray start --head --block` (a head as a user starts one), once it says it runs;
-    stopping the process stops the head's processes. Its own temp dir: a head records
-    itself in the temp dir's `ray_current_cluster`, which a plain local `ray.init` (the
-    next test's) would then try to join."""
-    log = Path(temp_dir) / "head.log"
-    with open(log, "w") as out:
-        head = subprocess.Popen(
-            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-             f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while "Ray runtime started" not in log.read_text(errors="replace"):
-        if head.poll() is not None or time.monotonic() > deadline:
-            head.kill()
-            pytest.fail(f"ray start --head did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return head
-
-
 def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp_path):
     # `ray start --head` where a token exists turns token authentication on; a driver given
     # HOST:PORT sent no token unless RAY_AUTH_MODE=token was set by hand, and was refused.
@@ -356,34 +334,26 @@ def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    driver = textwrap.dedent(f"""
+    driver = textwrap.dedent("""
+        import sys
         from base.errors import HarnessError
         from features import ray_engine
         try:
-            ray_engine.connect("127.0.0.1:{port}")
+            ray_engine.connect(sys.argv[1])
         except HarnessError as exc:
             raise SystemExit(str(exc))
         import ray
         print("cpus", int(ray.cluster_resources()["CPU"]))
         ray_engine.shutdown()
     """)
-    # Short: Ray's socket paths under the temp dir must fit a Unix socket name.
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    head = _start_head(port, env, temp_dir)
-    try:
-        joined = subprocess.run([sys.executable, "-c", driver], env=env, cwd=ROOT, check=False,
-                                capture_output=True, text=True, timeout=120)
+    with ray_head(1, env) as address:
+        joined = subprocess.run([sys.executable, "-c", driver, address], env=env, cwd=ROOT,
+                                check=False, capture_output=True, text=True, timeout=120)
         assert joined.returncode == 0 and "cpus 1" in joined.stdout, joined.stderr[-2000:]
         stranger = dict(env, HOME=str(tmp_path / "stranger"))  # no token on this "machine"
-        refused = subprocess.run([sys.executable, "-c", driver], env=stranger, cwd=ROOT,
-                                 check=False, capture_output=True, text=True, timeout=120)
+        refused = subprocess.run([sys.executable, "-c", driver, address], env=stranger,
+                                 cwd=ROOT, check=False, capture_output=True, text=True,
+                                 timeout=120)
         assert refused.returncode == 1
         assert "uses token authentication and refused this machine" in refused.stderr
         assert "~/.ray/auth_token" in refused.stderr.strip().splitlines()[-1]
-    finally:
-        head.terminate()
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
