@@ -556,7 +556,7 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
             "tensorflow" or "openvino" (features.engines). Recorded in the fingerprint;
             with "auto" a file made by the other engine is reused. "ray" runs on a Ray
             cluster (features.ray_engine) with the inference engine "auto" picks there.
-        cluster: With engine "ray": "auto", "local", "ray://HOST:PORT" or "HOST:PORT".
+        cluster: With engine "ray": "auto", "local" or "HOST:PORT" (features.ray_engine).
 
     Returns:
         An ExtractionReport; its summary line is also logged.

@@ -56,8 +56,14 @@ RETRIES = 4  # restarts of a dead actor, and retries of the batch it held
 # nodes or with TensorFlow on CPU actors).
 GPU_CALLS_PER_ACTOR = 2
 CPU_CALLS_PER_ACTOR = 1
-CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local", "ray://HOST:PORT" '
-                '(Ray Client) or "HOST:PORT" (a head started with `ray start --head`)')
+CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local" or "HOST:PORT" (the head '
+                'of a cluster this machine is part of, started with `ray start --head`)')
+# Ray Data needs a driver with its own Ray worker; a Ray Client driver has none and fails
+# mid-run with "'Worker' object has no attribute 'core_worker'" (measured on Ray 2.60; Ray's
+# maintainers: "Ray client does not work with Ray Data", ray-project/ray#42739).
+NO_RAY_CLIENT = ("Ray Data does not run over Ray Client (ray://): run `harness features` on a "
+                 "machine of the cluster (its head, or one joined with `ray start --address`) "
+                 "with cluster = \"HEAD_IP:6379\" (the head's `ray start --head --port`)")
 
 
 def check_cluster(value: str) -> str:
@@ -65,11 +71,26 @@ def check_cluster(value: str) -> str:
     text = str(value).strip()
     if text in ("auto", "local"):
         return text
-    address = text.removeprefix("ray://")
-    host, _, port = address.rpartition(":")
+    if _is_ray_client(text):
+        raise HarnessError(f"cluster {value!r}: {NO_RAY_CLIENT}")
+    host, _, port = text.rpartition(":")
     if host and port.isdigit():
         return text
     raise HarnessError(f"cluster {value!r} is not valid: {CLUSTER_HELP}")
+
+
+def _is_ray_client(address: str) -> bool:
+    return address.strip().lower().startswith("ray://")
+
+
+def _through_ray_client() -> bool:
+    """Whether this process's own `ray.init` (a notebook's) went through Ray Client."""
+    try:
+        from ray.util.client import ray as client
+
+        return bool(client.is_connected())
+    except Exception:  # noqa: BLE001 - no client module: not connected through it
+        return False
 
 
 def _import_ray() -> Any:
@@ -133,6 +154,9 @@ def connect(cluster: str) -> bool:
     cluster = check_cluster(cluster)
     ray = _import_ray()
     if ray.is_initialized():
+        if _through_ray_client():
+            raise HarnessError(f"this process is connected to Ray through Ray Client: "
+                               f"{NO_RAY_CLIENT}")
         return False
     # One line per distinct worker message instead of one per worker (Ray's default),
     # and Ray Data's own progress bars off: the driver shows one tqdm bar like a local run.
@@ -146,6 +170,9 @@ def connect(cluster: str) -> bool:
             logger.info("ray: starting a local Ray with %d CPUs", cpus)
             ray.init(num_cpus=cpus, **kwargs)
         else:
+            if cluster == "auto" and _is_ray_client(os.environ.get("RAY_ADDRESS", "")):
+                raise HarnessError(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']!r}: {NO_RAY_CLIENT}, "
+                                   "or unset RAY_ADDRESS")
             address = "auto" if cluster == "auto" else cluster
             if address != "auto":
                 _token_auth_if_token_available()

@@ -56,7 +56,7 @@ class FeaturesConfig:
     tta: str = "none"
     precision: str = "float32"
     engine: str = "auto"
-    cluster: str = "auto"  # engine "ray": auto | local | ray://HOST:PORT | HOST:PORT
+    cluster: str = "auto"  # engine "ray": auto | local | HOST:PORT (no Ray Client)
 
 
 class FeaturesRun(Protocol):

@@ -64,8 +64,8 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 _ENGINE_HELP = ("inference engine of the feature extraction: auto (OpenVINO on a CPU, "
                 "TensorFlow on a GPU), tensorflow, openvino, ray")
-_CLUSTER_HELP = ("with --engine ray: auto (a running cluster, else a local Ray), local, "
-                 "ray://HOST:PORT (Ray Client) or HOST:PORT (a `ray start --head`)")
+_CLUSTER_HELP = ("with --engine ray: auto (a running cluster, else a local Ray), local or "
+                 "HOST:PORT (the head of a cluster this machine is part of)")
 
 
 def build_parser() -> argparse.ArgumentParser:

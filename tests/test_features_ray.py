@@ -263,14 +263,19 @@ def test_shards_on_ray_merge_into_the_local_file(tmp_path):
 
 
 def test_cluster_setting_is_checked():
-    for good in ("auto", "local", "ray://head:10001", "10.0.0.5:6379"):
+    for good in ("auto", "local", "10.0.0.5:6379", "head.example:6379"):
         assert check_cluster(good) == good
     with pytest.raises(HarnessError, match=r"cluster 'head' is not valid: \[features\] cluster"):
         check_cluster("head")
     from harness.config import load_config
 
-    with pytest.raises(HarnessError, match=r"cluster 'ray://nowhere' is not valid"):
-        load_config(None, {"cluster": "ray://nowhere"})
+    # Ray Client cannot drive Ray Data (it fails mid-run): refused when the config loads.
+    for client in ("ray://head:10001", "Ray://10.0.0.5:10001"):
+        with pytest.raises(HarnessError) as refused:
+            load_config(None, {"cluster": client, "engine": "ray"})
+        message = str(refused.value)
+        assert f"cluster {client!r}: Ray Data does not run over Ray Client" in message
+        assert 'cluster = "HEAD_IP:6379"' in message and "\n" not in message
 
 
 def test_the_cli_runs_on_the_cluster_it_is_given(tmp_path, local_ray):
@@ -285,6 +290,14 @@ def test_the_cli_runs_on_the_cluster_it_is_given(tmp_path, local_ray):
                       env=env)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "cluster 'nowhere' is not valid" in bad.stderr
+    # "auto" follows RAY_ADDRESS; one that names Ray Client is refused before any work.
+    client = run_harness("features", "--engine", "ray", cwd=tmp_path,
+                         env={**env, "RAY_ADDRESS": "ray://127.0.0.1:1"})
+    assert client.returncode == 2 and len(client.stderr.strip().splitlines()) == 1, client.stderr
+    assert "RAY_ADDRESS='ray://127.0.0.1:1': Ray Data does not run over Ray Client" in (
+        client.stderr)
+    assert not (tmp_path / "ws" / "features").exists() or not any(
+        (tmp_path / "ws" / "features").iterdir())
     done = run_harness("-q", "features", "--engine", "ray", "--cluster", local_ray,
                        cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
