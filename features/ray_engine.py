@@ -196,8 +196,9 @@ def _token_auth_if_token_available() -> None:
     A head that uses token authentication (Ray 2.60's `ray start --head` turns it on where
     a token already exists) refuses a driver without the token. `address="auto"` finds the
     mode in the head's session on the same machine, but an explicit HOST:PORT sends no token
-    unless RAY_AUTH_MODE=token. Ray's own rule for joining nodes is used (the token itself
-    is never read or logged here); a cluster without authentication ignores the token."""
+    unless RAY_AUTH_MODE=token. The rule is Ray's own, the one `ray start --head` and
+    `ray.init(address="auto")` apply (the token itself is never read or logged here); a
+    cluster without authentication ignores the token."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,

@@ -35,7 +35,7 @@ from tests.features_fixtures import (
     image_lists,
     make_dataset,
 )
-from tests.ray_head import ray_head
+from tests.ray_head import ray_head, ray_node
 
 ray = pytest.importorskip("ray")
 
@@ -370,3 +370,39 @@ def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp
         assert refused.returncode == 1
         assert "uses token authentication and refused this machine" in refused.stderr
         assert "~/.ray/auth_token" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_a_cluster_of_two_nodes_runs_an_actor_on_each_and_writes_the_local_file(tmp_path):
+    # As the README sets a cluster up: a head (token authentication on: this "machine" has a
+    # token), a second node joined with the token and RAY_AUTH_MODE=token, and a driver on
+    # the head's machine given HOST:PORT. One CPU per node and one per actor: the plan's two
+    # actors can only run one on each node.
+    data = make_dataset(tmp_path / "data", n_train=6, n_test=4)
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env["HOME"] = str(home)
+    driver = textwrap.dedent("""
+        import logging, sys
+        from pathlib import Path
+        from features.extract import extract_features
+        from features.weights import WeightsChoice
+        from tests.features_fixtures import image_lists
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        train, test = image_lists(Path(sys.argv[2]))
+        extract_features(train, test, [("mobilenet_025", "none")],
+                         {"mobilenet_025": WeightsChoice(None, "none")}, Path(sys.argv[3]),
+                         batch_size=2, progress=False, engine="ray", cluster=sys.argv[1])
+    """)
+    with ray_head(1, env) as address, ray_node(address, 1, dict(env, RAY_AUTH_MODE="token")):
+        done = subprocess.run([sys.executable, "-c", driver, address, str(data),
+                               str(tmp_path / "ray")], env=env, cwd=ROOT, check=False,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ray: 10 rows in 5 batches on 2 actor(s) of 1 CPU(s)" in done.stderr
+    train, test = image_lists(data)
+    on_ray = feature_path(tmp_path / "ray", "mobilenet_025")
+    same_file(on_ray, run(train, test, tmp_path / "local").results[0].path)
+    assert read_attrs(on_ray)["executor"] == "ray"
