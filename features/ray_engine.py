@@ -161,6 +161,10 @@ def connect(cluster: str) -> bool:
     # One line per distinct worker message instead of one per worker (Ray's default),
     # and Ray Data's own progress bars off: the driver shows one tqdm bar like a local run.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray warns "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=
+    # disabled to opt out" whenever it turns the token on: for a Ray this run starts and
+    # stops, or a cluster that requires the token, that advice is noise (README: Ray).
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING}
     try:
@@ -287,6 +291,9 @@ def _quiet_ray_data(ray: Any) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Its INFO line "Dataset ... execution finished in N seconds" repeats the summary line.
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
+        logging.WARNING)
 
 
 class BatchWorker:

@@ -212,19 +212,27 @@ def _processes_with_env(entry: bytes) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path):
     """cluster "local" starts a Ray for the run and stops it (its monitor killed first,
-    features.ray_engine.shutdown): once the driver has exited, none of its processes is left."""
+    features.ray_engine.shutdown): once the driver has exited, none of its processes is left.
+    Ray's lines that only repeat or mislead (its token advice, Ray Data's "execution
+    finished") are not printed."""
     data = make_dataset(tmp_path / "data", n_train=4, n_test=2)
     script = tmp_path / "own_ray.py"
     script.write_text(OWN_RAY)
     # Ray's own temp folder, short (its socket paths are limited) and this test's alone.
     ray_tmp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3")
+    env = {k: v for k, v in os.environ.items()
+           if k != "RAY_ADDRESS" and not k.startswith("RAY_AUTH")}
+    # A HOME of its own: as on a user's machine, the local Ray creates a token there and
+    # turns token authentication on.
+    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3", HOME=str(tmp_path / "home"))
     proc = subprocess.run([sys.executable, str(script), str(ROOT), str(data),
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                           env=env, check=False)
     assert proc.returncode == 0 and "FINISHED" in proc.stdout, proc.stderr[-3000:]
     assert read_attrs(feature_path(tmp_path / "out", "mobilenet_025"))["executor"] == "ray"
+    assert (tmp_path / "home" / ".ray" / "auth_token").exists()
+    assert "Token authentication is enabled" not in proc.stderr, proc.stderr[-3000:]
+    assert "execution finished" not in proc.stderr, proc.stderr[-3000:]
     entry = f"RAY_TMPDIR={ray_tmp}".encode()
     deadline = time.monotonic() + 30  # workers exit on their own once their raylet is gone
     while _processes_with_env(entry) and time.monotonic() < deadline:
