@@ -566,23 +566,35 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
             engine cannot compute (int8 off OpenVINO).
     """
     started = time.perf_counter()
-    features_dir = Path(features_dir)
     _validate(requests, weights, shard)
     check_precision(precision, engine)
-
+    ray_session = None
     if engine == "ray":
-        from features.ray_engine import check_cluster
+        from features.ray_engine import RaySession
 
-        check_cluster(cluster)
+        ray_session = RaySession(cluster)  # a bad `cluster` fails here, before any work
+    try:
+        return _extract(train, test, requests, weights, Path(features_dir), started,
+                        batch_size=batch_size, threads=threads, precision=precision,
+                        force=force, shard=shard, progress=progress, engine=engine,
+                        ray_session=ray_session)
+    finally:
+        if ray_session is not None:
+            ray_session.close()
 
-    @functools.cache  # asked for precision and engine: with ray, each ask may start Ray
+
+def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
+             weights: Mapping[str, WeightsChoice], features_dir: Path, started: float, *,
+             batch_size: int, threads: int, precision: str, force: bool,
+             shard: tuple[int, int] | None, progress: bool, engine: str,
+             ray_session: Any) -> ExtractionReport:
+    """extract_features's work, its arguments checked; `ray_session` (engine "ray") is the
+    features.ray_engine.RaySession it closes."""
+
+    @functools.cache  # asked for precision and engine
     def has_gpu() -> bool:
         # "ray" is an executor: the cluster's GPUs decide its actors' engine and precision.
-        if engine == "ray":
-            from features.ray_engine import cluster_gpus
-
-            return cluster_gpus(cluster) > 0
-        return _has_gpu()
+        return ray_session.gpus() > 0 if ray_session is not None else _has_gpu()
 
     # A writer killed during the final HDF5 write leaves its (large) temp file behind.
     remove_stale_temps(features_dir)
@@ -627,12 +639,10 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
                         already, len(sub_train) + len(sub_test), job.folder)
         todo.append(job)
 
-    if todo and engine == "ray":
-        from features.ray_engine import run_jobs
-
-        run_jobs(todo, {"train": sub_train, "test": sub_test}, cluster=cluster,
-                 engine=used_engine, batch_size=batch_size, threads=threads,
-                 precision=used_precision, progress=progress)
+    if todo and ray_session is not None:
+        ray_session.run_jobs(todo, {"train": sub_train, "test": sub_test}, engine=used_engine,
+                             batch_size=batch_size, threads=threads, precision=used_precision,
+                             progress=progress)
     elif todo:
         from features import runtime as runtime_module
 

@@ -127,24 +127,53 @@ def _this_machine_gpus() -> int:
         return -1
 
 
-def cluster_gpus(cluster: str) -> int:
-    """GPUs of the cluster `cluster` names (decides the inference engine and precision).
+class RaySession:
+    """The Ray of one extraction, on the cluster `cluster` names: connected (or started) when
+    first needed and not before, so a run that only reuses files never starts it; once, so
+    asking for the cluster's GPUs and then running the jobs share one connection; shut down
+    by `close` when this session connected it (a notebook's own `ray.init` is left alone)."""
 
-    A local Ray ("local", or "auto" with no cluster reachable) is this machine: its GPUs are
-    counted without starting Ray, so a run that only reuses files never starts it."""
-    cluster = check_cluster(cluster)
-    ray = _import_ray()
-    if not ray.is_initialized() and (cluster == "local"
-                                     or (cluster == "auto" and not _reachable())):
-        gpus = _this_machine_gpus()
-        if gpus >= 0:
-            return gpus
-    started = connect(cluster)
-    try:
+    def __init__(self, cluster: str) -> None:
+        self.cluster = check_cluster(cluster)
+        self._connected = False  # by this session (then `close` shuts it down)
+
+    def gpus(self) -> int:
+        """GPUs of the cluster (they decide the inference engine and precision).
+
+        A local Ray ("local", or "auto" with no cluster reachable) is this machine: its
+        GPUs are counted without starting Ray."""
+        ray = _import_ray()
+        if not ray.is_initialized() and (self.cluster == "local" or (
+                self.cluster == "auto" and not _reachable())):
+            gpus = _this_machine_gpus()
+            if gpus >= 0:
+                return gpus
+        self._connect()
         return int(ray.cluster_resources().get("GPU", 0))
-    finally:
-        if started:  # run_jobs connects again only if there is work
+
+    def run_jobs(self, jobs: Sequence[Any], splits: Mapping[str, ImageList], *, engine: str,
+                 batch_size: int, threads: int, precision: str, progress: bool) -> None:
+        """Compute every row the jobs lack on Ray and write it to their part folders.
+
+        Args:
+            jobs: features.extract's planned jobs (`done` filled from their part folders).
+            splits: {"train": ImageList, "test": ImageList} (already sharded when --shard).
+            engine: The inference engine inside the actors.
+            batch_size, threads, precision: As for a local run (0 chooses).
+            progress: Show a tqdm bar.
+        """
+        self._connect()
+        _run(jobs, splits, engine, batch_size, threads, precision, progress)
+
+    def close(self) -> None:
+        """Shut down the Ray this session started or connected, if any."""
+        if self._connected:
+            self._connected = False
             shutdown()
+
+    def _connect(self) -> None:
+        if not self._connected:
+            self._connected = connect(self.cluster)
 
 
 def connect(cluster: str) -> bool:
@@ -392,27 +421,6 @@ def _blocks(jobs: Sequence[Any], splits: Mapping[str, ImageList], batch_size: in
                 "need": pa.array(need[chunk], pa.int64()),
             }))
     return blocks
-
-
-def run_jobs(jobs: Sequence[Any], splits: Mapping[str, ImageList], *, cluster: str,
-             engine: str, batch_size: int, threads: int, precision: str,
-             progress: bool) -> None:
-    """Compute every row the jobs lack on Ray and write it to their part folders.
-
-    Args:
-        jobs: features.extract's planned jobs (`done` filled from their part folders).
-        splits: {"train": ImageList, "test": ImageList} (already sharded when --shard).
-        cluster: The `cluster` setting.
-        engine: The inference engine inside the actors.
-        batch_size, threads, precision: As for a local run (0 chooses).
-        progress: Show a tqdm bar.
-    """
-    started = connect(cluster)
-    try:
-        _run(jobs, splits, engine, batch_size, threads, precision, progress)
-    finally:
-        if started:
-            shutdown()
 
 
 def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batch_size: int,

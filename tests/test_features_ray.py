@@ -410,6 +410,8 @@ def test_a_cluster_of_two_nodes_runs_an_actor_on_each_and_writes_the_local_file(
                               capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ray: 10 rows in 5 batches on 2 actor(s) of 1 CPU(s)" in done.stderr
+    # Asking for the cluster's GPUs and running the jobs share one connection.
+    assert done.stderr.count(f"ray: connecting to {address}") == 1, done.stderr[-3000:]
     train, test = image_lists(data)
     on_ray = feature_path(tmp_path / "ray", "mobilenet_025")
     same_file(on_ray, run(train, test, tmp_path / "local").results[0].path)
