@@ -13,9 +13,9 @@ speed):
   again s   with --head, a second Ray run on the same head (Ray Data's helper actors,
             which it leaves there, already up: a running cluster's later runs),
 and, from the Ray run, the model images/s per actor;
-  floor s   seconds in a fresh process that only starts a local Ray, maps one batch per
-            actor through a pool (`--actors`) of actors that do nothing, and shuts Ray
-            down, with the harness's own `connect`, `actor_pool` and `shutdown`: about the
+  floor s   seconds in a fresh process that only starts a local Ray (with --head:
+            connects to a fresh head), maps one batch per actor through a pool
+            (`--actors`) of actors that do nothing, and shuts Ray down, with the harness's own `connect`, `actor_pool` and `shutdown`: about the
             seconds of Ray and Ray Data that an extraction cannot overlap (before the
             pool's actors are ready, after the last batch; a real actor's model build
             overlaps part of Ray Data's start-up), so (local s + floor s) / local s is about

@@ -10,6 +10,7 @@ importing TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from features.settings import TTA_MODES, FeaturesRun
 from features.shards import shard_images, shard_path
 from features.store import feature_path, read_attrs, read_bad
 from features.weights import WeightsChoice, resolve_weights
+
+if TYPE_CHECKING:  # imported where engine "ray" needs it
+    from features.ray_engine import RaySession
 
 logger = logging.getLogger(__name__)
 
@@ -573,23 +577,20 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
         from features.ray_engine import RaySession
 
         ray_session = RaySession(cluster)  # a bad `cluster` fails here, before any work
-    try:
+    with ray_session if ray_session is not None else contextlib.nullcontext():
         return _extract(train, test, requests, weights, Path(features_dir), started,
                         batch_size=batch_size, threads=threads, precision=precision,
                         force=force, shard=shard, progress=progress, engine=engine,
                         ray_session=ray_session)
-    finally:
-        if ray_session is not None:
-            ray_session.close()
 
 
 def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
              weights: Mapping[str, WeightsChoice], features_dir: Path, started: float, *,
              batch_size: int, threads: int, precision: str, force: bool,
              shard: tuple[int, int] | None, progress: bool, engine: str,
-             ray_session: Any) -> ExtractionReport:
-    """extract_features's work, its arguments checked; `ray_session` (engine "ray") is the
-    features.ray_engine.RaySession it closes."""
+             ray_session: RaySession | None) -> ExtractionReport:
+    """extract_features's work, its arguments checked. `ray_session` (engine "ray") is
+    closed here once the jobs have run; extract_features closes it whatever happens."""
 
     @functools.cache  # asked for precision and engine
     def has_gpu() -> bool:
@@ -643,6 +644,7 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
         ray_session.run_jobs(todo, {"train": sub_train, "test": sub_test}, engine=used_engine,
                              batch_size=batch_size, threads=threads, precision=used_precision,
                              progress=progress)
+        ray_session.close()  # assembling the files needs no Ray: its processes go first
     elif todo:
         from features import runtime as runtime_module
 

@@ -36,7 +36,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -74,13 +74,26 @@ def check_cluster(value: str) -> str:
     if _is_ray_client(text):
         raise HarnessError(f"cluster {value!r}: {NO_RAY_CLIENT}")
     host, _, port = text.rpartition(":")
-    if host and port.isdigit():
+    # Any "scheme://" would send ray.init to Ray Client ("http://HEAD:8265" is the
+    # dashboard's, for `ray job submit`).
+    if host and port.isdigit() and "://" not in text:
         return text
     raise HarnessError(f"cluster {value!r} is not valid: {CLUSTER_HELP}")
 
 
 def _is_ray_client(address: str) -> bool:
     return address.strip().lower().startswith("ray://")
+
+
+def _check_ray_address() -> None:
+    """A one-line HarnessError when RAY_ADDRESS (which "auto" follows) is not a head's
+    HOST:PORT that Ray Data can run on."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if _is_ray_client(address):
+        raise HarnessError(f"RAY_ADDRESS={address!r}: {NO_RAY_CLIENT}, or unset RAY_ADDRESS")
+    if "://" in address:
+        raise HarnessError(f"RAY_ADDRESS={address!r} is not a Ray head's HOST:PORT: unset it, "
+                           f"or set {CLUSTER_HELP}")
 
 
 def _through_ray_client() -> bool:
@@ -131,11 +144,24 @@ class RaySession:
     """The Ray of one extraction, on the cluster `cluster` names: connected (or started) when
     first needed and not before, so a run that only reuses files never starts it; once, so
     asking for the cluster's GPUs and then running the jobs share one connection; shut down
-    by `close` when this session connected it (a notebook's own `ray.init` is left alone)."""
+    by `close` (or at the end of a `with` block) when this session connected it (a
+    notebook's own `ray.init` is left alone)."""
 
     def __init__(self, cluster: str) -> None:
         self.cluster = check_cluster(cluster)
         self._connected = False  # by this session (then `close` shuts it down)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc is None:
+                raise
+            # The error that ended the run is the one to report, not a failed shutdown.
+            logger.debug("ray: shutdown after an error failed", exc_info=True)
 
     def gpus(self) -> int:
         """GPUs of the cluster (they decide the inference engine and precision).
@@ -179,7 +205,13 @@ class RaySession:
 def connect(cluster: str) -> bool:
     """Connect to (or start) the Ray cluster `cluster` names; True when this call started
     or connected it (the caller shuts it down), False when Ray was already initialised
-    (a notebook's or a test's own `ray.init`)."""
+    (a notebook's or a test's own `ray.init`).
+
+    Raises:
+        HarnessError: (one line) this process is connected through Ray Client, "auto"
+            follows a RAY_ADDRESS that is not a head's HOST:PORT, the cluster cannot be
+            reached, or it refused this machine's authentication token.
+    """
     cluster = check_cluster(cluster)
     ray = _import_ray()
     if ray.is_initialized():
@@ -201,11 +233,13 @@ def connect(cluster: str) -> bool:
             # Every core of this machine; `threads` is each actor's share (_plan_actors).
             cpus = os.cpu_count() or 1
             logger.info("ray: starting a local Ray with %d CPUs", cpus)
-            ray.init(num_cpus=cpus, **kwargs)
+            # "local": a new Ray whatever RAY_ADDRESS or a `ray start` on this machine
+            # says (no address would follow either, and RAY_ADDRESS=ray://... would even
+            # go through Ray Client).
+            ray.init(address="local", num_cpus=cpus, **kwargs)
         else:
-            if cluster == "auto" and _is_ray_client(os.environ.get("RAY_ADDRESS", "")):
-                raise HarnessError(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']!r}: {NO_RAY_CLIENT}, "
-                                   "or unset RAY_ADDRESS")
+            if cluster == "auto":
+                _check_ray_address()
             address = "auto" if cluster == "auto" else cluster
             if address != "auto":
                 _token_auth_if_token_available()
@@ -320,7 +354,9 @@ def _quiet_ray_data(ray: Any) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    # Its INFO line "Dataset ... execution finished in N seconds" repeats the summary line.
+    # Its INFO line "Dataset ... execution finished in N seconds" repeats the summary line
+    # (and "execution failed" the error the run reports); Ray Data's own log file in the
+    # session folder loses them too.
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
         logging.WARNING)
 

@@ -23,24 +23,33 @@ from pathlib import Path
 START_TIMEOUT_S = 90
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
-def ray_head(num_cpus: int, env: Mapping[str, str] | None = None) -> Iterator[str]:
+def ray_head(num_cpus: int, env: Mapping[str, str] | None = None,
+             client_port: int = 0) -> Iterator[str]:
     """Start a Ray head on this machine; yield its "127.0.0.1:PORT"; stop it on exit.
 
     Args:
         num_cpus: The CPUs the head offers.
         env: The head's environment (HOME decides its auth token); None: this one's.
+        client_port: The port of its Ray Client server (0: Ray's default, 10001).
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
+    client = [f"--ray-client-server-port={client_port}"] if client_port else []
     with _ray_start(["--head", f"--port={port}", f"--num-cpus={num_cpus}",
-                     "--include-dashboard=false"], env):
+                     "--include-dashboard=false", *client], env):
         yield f"127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
-def ray_node(address: str, num_cpus: int, env: Mapping[str, str] | None = None) -> Iterator[None]:
+def ray_node(address: str, num_cpus: int,
+             env: Mapping[str, str] | None = None) -> Iterator[None]:
     """Join a second node on this machine to the head at `address` (a two-node cluster on
     one machine, as Ray's own tests build one); stop it on exit.
 
@@ -51,16 +60,17 @@ def ray_node(address: str, num_cpus: int, env: Mapping[str, str] | None = None) 
             RAY_AUTH_MODE=token and the token here (`ray start --address` does not turn it
             on by itself in Ray 2.60); None: this one's.
     """
-    with _ray_start([f"--address={address}", f"--num-cpus={num_cpus}"], env):
+    with _ray_start([f"--address={address}", f"--num-cpus={num_cpus}"], env, prefix="raynode-"):
         yield
 
 
 @contextlib.contextmanager
-def _ray_start(args: list[str], env: Mapping[str, str] | None) -> Iterator[None]:
+def _ray_start(args: list[str], env: Mapping[str, str] | None,
+               prefix: str = "rayhead-") -> Iterator[None]:
     """`ray start ARGS --block` with its own temp dir, its output in a log file polled
     against a deadline (a silent node cannot hang the caller; a pipe nobody drains cannot
     block the node), stopped (SIGTERM, then SIGKILL) on exit."""
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     log = Path(temp_dir) / "ray-start.log"
     env = dict(env) if env is not None else dict(os.environ)
     # On SIGTERM a `--block` node first drains, and once a driver has run Ray Data there

@@ -35,7 +35,7 @@ from tests.features_fixtures import (
     image_lists,
     make_dataset,
 )
-from tests.ray_head import ray_head, ray_node
+from tests.ray_head import free_port, ray_head, ray_node
 
 ray = pytest.importorskip("ray")
 
@@ -117,6 +117,7 @@ def test_ray_file_equals_local_file_and_each_reuses_the_other(tmp_path, caplog):
                                      engine="ray"))
     assert rows_sent(caplog) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("*.h5")} == mtimes
+    assert ray.is_initialized()  # the runs used this module's Ray and left it running
 
 
 def test_a_killed_worker_is_restarted_and_its_batch_retried(tmp_path, monkeypatch):
@@ -213,23 +214,25 @@ def _processes_with_env(entry: bytes) -> list[int]:
 def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path):
     """cluster "local" starts a Ray for the run and stops it (its monitor killed first,
     features.ray_engine.shutdown): once the driver has exited, none of its processes is left.
-    Ray's lines that only repeat or mislead (its token advice, Ray Data's "execution
-    finished") are not printed."""
+    "local" is a new Ray even where RAY_ADDRESS names another (here Ray Client's, which
+    would fail). Ray's lines that only repeat or mislead (its token advice, Ray Data's
+    "execution finished") are not printed."""
     data = make_dataset(tmp_path / "data", n_train=4, n_test=2)
     script = tmp_path / "own_ray.py"
     script.write_text(OWN_RAY)
     # Ray's own temp folder, short (its socket paths are limited) and this test's alone.
     ray_tmp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items()
-           if k != "RAY_ADDRESS" and not k.startswith("RAY_AUTH")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     # A HOME of its own: as on a user's machine, the local Ray creates a token there and
     # turns token authentication on.
-    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3", HOME=str(tmp_path / "home"))
+    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3", HOME=str(tmp_path / "home"),
+               RAY_ADDRESS="ray://127.0.0.1:1")
     proc = subprocess.run([sys.executable, str(script), str(ROOT), str(data),
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                           env=env, check=False)
     assert proc.returncode == 0 and "FINISHED" in proc.stdout, proc.stderr[-3000:]
     assert read_attrs(feature_path(tmp_path / "out", "mobilenet_025"))["executor"] == "ray"
+    # Ray's doing, not the harness's: it shows the token check below is not vacuous.
     assert (tmp_path / "home" / ".ray" / "auth_token").exists()
     assert "Token authentication is enabled" not in proc.stderr, proc.stderr[-3000:]
     assert "execution finished" not in proc.stderr, proc.stderr[-3000:]
@@ -273,8 +276,9 @@ def test_shards_on_ray_merge_into_the_local_file(tmp_path):
 def test_cluster_setting_is_checked():
     for good in ("auto", "local", "10.0.0.5:6379", "head.example:6379"):
         assert check_cluster(good) == good
-    with pytest.raises(HarnessError, match=r"cluster 'head' is not valid: \[features\] cluster"):
-        check_cluster("head")
+    for bad in ("head", "http://head:8265"):  # any scheme:// would mean Ray Client
+        with pytest.raises(HarnessError, match=r"is not valid: \[features\] cluster"):
+            check_cluster(bad)
     from harness.config import load_config
 
     # Ray Client cannot drive Ray Data (it fails mid-run): refused when the config loads.
@@ -306,6 +310,13 @@ def test_the_cli_runs_on_the_cluster_it_is_given(tmp_path, local_ray):
         client.stderr)
     assert not (tmp_path / "ws" / "features").exists() or not any(
         (tmp_path / "ws" / "features").iterdir())
+    dashboard = run_harness("features", "--engine", "ray", cwd=tmp_path,
+                            env={**env, "RAY_ADDRESS": "http://127.0.0.1:8265"})
+    assert dashboard.returncode == 2, dashboard.stderr
+    assert dashboard.stderr.strip().endswith(
+        "RAY_ADDRESS='http://127.0.0.1:8265' is not a Ray head's HOST:PORT: unset it, or set "
+        '[features] cluster (--cluster) is "auto", "local" or "HOST:PORT" (the head of a '
+        "cluster this machine is part of, started with `ray start --head`)")
     done = run_harness("-q", "features", "--engine", "ray", "--cluster", local_ray,
                        cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -404,11 +415,17 @@ def test_a_cluster_of_two_nodes_runs_an_actor_on_each_and_writes_the_local_file(
                          {"mobilenet_025": WeightsChoice(None, "none")}, Path(sys.argv[3]),
                          batch_size=2, progress=False, engine="ray", cluster=sys.argv[1])
     """)
+    command = [sys.executable, "-c", driver, "", str(data), str(tmp_path / "ray")]
     with ray_head(1, env) as address, ray_node(address, 1, dict(env, RAY_AUTH_MODE="token")):
-        done = subprocess.run([sys.executable, "-c", driver, address, str(data),
-                               str(tmp_path / "ray")], env=env, cwd=ROOT, check=False,
-                              capture_output=True, text=True, timeout=300)
+        command[3] = address
+        done = subprocess.run(command, env=env, cwd=ROOT, check=False, capture_output=True,
+                              text=True, timeout=300)
+        again = subprocess.run(command, env=env, cwd=ROOT, check=False, capture_output=True,
+                               text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # A run that only reuses its files never connects.
+    assert again.returncode == 0 and "up to date, reused" in again.stderr, again.stderr[-3000:]
+    assert "ray: connecting" not in again.stderr
     assert "ray: 10 rows in 5 batches on 2 actor(s) of 1 CPU(s)" in done.stderr
     # Asking for the cluster's GPUs and running the jobs share one connection.
     assert done.stderr.count(f"ray: connecting to {address}") == 1, done.stderr[-3000:]
@@ -416,3 +433,49 @@ def test_a_cluster_of_two_nodes_runs_an_actor_on_each_and_writes_the_local_file(
     on_ray = feature_path(tmp_path / "ray", "mobilenet_025")
     same_file(on_ray, run(train, test, tmp_path / "local").results[0].path)
     assert read_attrs(on_ray)["executor"] == "ray"
+
+
+CLIENT_DRIVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import ray
+    from base.errors import HarnessError
+    from features.extract import extract_features
+    from features.weights import WeightsChoice
+    from tests.features_fixtures import image_lists
+    for attempt in range(3):  # a notebook's own Ray Client connection
+        try:
+            ray.init(sys.argv[1])
+            break
+        except ConnectionError:  # Ray Client's own start (seen once in four runs), not
+            ray.shutdown()       # what this test is about: try again
+            time.sleep(2)
+    else:
+        raise SystemExit("Ray Client did not start")
+    train, test = image_lists(Path(sys.argv[2]))
+    try:
+        extract_features(train, test, [("mobilenet_025", "none")],
+                         {"mobilenet_025": WeightsChoice(None, "none")}, Path(sys.argv[3]),
+                         batch_size=2, progress=False, engine="ray")
+    except HarnessError as exc:
+        raise SystemExit(f"REFUSED {exc}")
+""")
+
+
+def test_a_process_connected_through_ray_client_is_refused_in_one_line(tmp_path):
+    # Ray Data fails mid-run over Ray Client; a notebook that connected with ray://
+    # gets one line before any work instead.
+    data = make_dataset(tmp_path / "data", n_train=2, n_test=1)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env["HOME"] = str(tmp_path / "home")  # no token: a head without authentication
+    port = free_port()
+    with ray_head(1, env, client_port=port):
+        done = subprocess.run([sys.executable, "-c", CLIENT_DRIVER, f"ray://127.0.0.1:{port}",
+                               str(data), str(tmp_path / "out")], env=env, cwd=ROOT,
+                              check=False, capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith(
+        "REFUSED this process is connected to Ray through Ray Client: Ray Data does not run "
+        "over Ray Client"), done.stderr[-3000:]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.h5"))
