@@ -232,7 +232,9 @@ def connect(cluster: str) -> bool:
         if cluster == "local" or (cluster == "auto" and not _reachable()):
             # Every core of this machine; `threads` is each actor's share (_plan_actors).
             cpus = os.cpu_count() or 1
-            logger.info("ray: starting a local Ray with %d CPUs", cpus)
+            logger.info("ray: starting a local Ray with %d CPUs%s", cpus, "" if cluster == "local"
+                        else " (no Ray running here: `ray start --head` keeps one between "
+                        "runs and spares each run its start, README: Ray)")
             # "local": a new Ray whatever RAY_ADDRESS or a `ray start` on this machine
             # says (no address would follow either, and RAY_ADDRESS=ray://... would even
             # go through Ray Client).
