@@ -383,7 +383,9 @@ def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp
         joined = subprocess.run([sys.executable, "-c", driver, address], env=env, cwd=ROOT,
                                 check=False, capture_output=True, text=True, timeout=120)
         assert joined.returncode == 0 and "cpus 1" in joined.stdout, joined.stderr[-2000:]
-        stranger = dict(env, HOME=str(tmp_path / "stranger"))  # no token on this "machine"
+        # No token on this "machine"; Ray retries a refused connection for 20 s by default
+        # (its RAY_gcs_server_port_wait_time_s): 3 tries are enough to be refused.
+        stranger = dict(env, HOME=str(tmp_path / "stranger"), RAY_gcs_server_port_wait_time_s="3")
         refused = subprocess.run([sys.executable, "-c", driver, address], env=stranger,
                                  cwd=ROOT, check=False, capture_output=True, text=True,
                                  timeout=120)
