@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,8 +211,17 @@ def _processes_with_env(entry: bytes) -> list[int]:
     return found
 
 
+@pytest.fixture
+def short_tmp():
+    """A temp folder of a short path (Ray's socket paths under it must fit a Unix socket
+    name), this test's alone, removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path):
+def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path, short_tmp):
     """cluster "local" starts a Ray for the run and stops it (its monitor killed first,
     features.ray_engine.shutdown): once the driver has exited, none of its processes is left.
     "local" is a new Ray even where RAY_ADDRESS names another (here Ray Client's, which
@@ -220,8 +230,7 @@ def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=4, n_test=2)
     script = tmp_path / "own_ray.py"
     script.write_text(OWN_RAY)
-    # Ray's own temp folder, short (its socket paths are limited) and this test's alone.
-    ray_tmp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
+    ray_tmp = short_tmp  # Ray's own temp folder
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     # A HOME of its own: as on a user's machine, the local Ray creates a token there and
     # turns token authentication on.
