@@ -15,7 +15,8 @@ speed):
 and, from the Ray run, the model images/s per actor;
   floor s   seconds in a fresh process that only starts a local Ray (with --head:
             connects to a fresh head), maps one batch per actor through a pool
-            (`--actors`) of actors that do nothing, and shuts Ray down, with the harness's own `connect`, `actor_pool` and `shutdown`: about the
+            (`--actors`) of actors that do nothing, and shuts Ray down, with the
+            harness's own `connect`, `actor_pool` and `shutdown`: about the
             seconds of Ray and Ray Data that an extraction cannot overlap (before the
             pool's actors are ready, after the last batch; a real actor's model build
             overlaps part of Ray Data's start-up), so (local s + floor s) / local s is about
