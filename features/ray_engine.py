@@ -115,6 +115,12 @@ def _import_ray() -> Any:
     return ray
 
 
+def _starts_local_ray(cluster: str) -> bool:
+    """Whether `cluster` means a Ray started on this machine for the run: "local", or
+    "auto" with no cluster reachable."""
+    return cluster == "local" or (cluster == "auto" and not _reachable())
+
+
 def _reachable() -> bool:
     """Whether "auto" finds a cluster: RAY_ADDRESS, or a head running on this machine."""
     if os.environ.get("RAY_ADDRESS"):
@@ -169,8 +175,7 @@ class RaySession:
         A local Ray ("local", or "auto" with no cluster reachable) is this machine: its
         GPUs are counted without starting Ray."""
         ray = _import_ray()
-        if not ray.is_initialized() and (self.cluster == "local" or (
-                self.cluster == "auto" and not _reachable())):
+        if not ray.is_initialized() and _starts_local_ray(self.cluster):
             gpus = _this_machine_gpus()
             if gpus >= 0:
                 return gpus
@@ -229,7 +234,7 @@ def connect(cluster: str) -> bool:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING}
     try:
-        if cluster == "local" or (cluster == "auto" and not _reachable()):
+        if _starts_local_ray(cluster):
             # Every core of this machine; `threads` is each actor's share (_plan_actors).
             cpus = os.cpu_count() or 1
             logger.info("ray: starting a local Ray with %d CPUs%s", cpus, "" if cluster == "local"
