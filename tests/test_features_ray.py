@@ -181,19 +181,35 @@ def test_a_killed_driver_resumes_from_its_parts(tmp_path, local_ray, caplog):
     same_file(resumed.results[0].path, clean.results[0].path)
 
 
-OWN_RAY = textwrap.dedent("""
-    import sys
+# A driver of its own (argv: repository, data, out, cluster): MobileNet on Ray, batches of
+# 2, the harness's log on stderr.
+RAY_DRIVER = textwrap.dedent("""
+    import logging, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
     from features.extract import extract_features
     from features.weights import WeightsChoice
     from tests.features_fixtures import image_lists
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     train, test = image_lists(Path(sys.argv[2]))
     extract_features(train, test, [("mobilenet_025", "none")],
                      {"mobilenet_025": WeightsChoice(None, "none")}, Path(sys.argv[3]),
-                     batch_size=4, progress=False, engine="ray", cluster="local")
+                     batch_size=2, progress=False, engine="ray", cluster=sys.argv[4])
     print("FINISHED")
 """)
+
+
+def machine_env(home: Path, token: bool = False) -> dict[str, str]:
+    """This environment as another machine's: its own HOME (holding a Ray auth token when
+    `token`), and neither this process's RAY_AUTH_* (the module's Ray set RAY_AUTH_MODE)
+    nor RAY_ADDRESS."""
+    if token:
+        (home / ".ray").mkdir(parents=True)
+        (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env["HOME"] = str(home)
+    return env
 
 
 def _processes_with_env(entry: bytes) -> list[int]:
@@ -228,17 +244,14 @@ def test_a_ray_the_run_started_leaves_no_process_behind(tmp_path, short_tmp):
     would fail). Ray's lines that only repeat or mislead (its token advice, Ray Data's
     "execution finished") are not printed."""
     data = make_dataset(tmp_path / "data", n_train=4, n_test=2)
-    script = tmp_path / "own_ray.py"
-    script.write_text(OWN_RAY)
     ray_tmp = short_tmp  # Ray's own temp folder
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     # A HOME of its own: as on a user's machine, the local Ray creates a token there and
     # turns token authentication on.
-    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3", HOME=str(tmp_path / "home"),
-               RAY_ADDRESS="ray://127.0.0.1:1")
-    proc = subprocess.run([sys.executable, str(script), str(ROOT), str(data),
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
-                          env=env, check=False)
+    env = machine_env(tmp_path / "home")
+    env.update(RAY_TMPDIR=ray_tmp, TF_CPP_MIN_LOG_LEVEL="3", RAY_ADDRESS="ray://127.0.0.1:1")
+    proc = subprocess.run([sys.executable, "-c", RAY_DRIVER, str(ROOT), str(data),
+                           str(tmp_path / "out"), "local"], capture_output=True, text=True,
+                          timeout=300, env=env, check=False)
     assert proc.returncode == 0 and "FINISHED" in proc.stdout, proc.stderr[-3000:]
     assert read_attrs(feature_path(tmp_path / "out", "mobilenet_025"))["executor"] == "ray"
     # Ray's doing, not the harness's: it shows the token check below is not vacuous.
@@ -371,11 +384,7 @@ def test_each_actor_of_the_pool_runs_as_many_batches_at_once_as_asked(calls):
 def test_a_head_with_token_authentication_is_joined_with_this_machines_token(tmp_path):
     # `ray start --head` where a token exists turns token authentication on; a driver given
     # HOST:PORT sent no token unless RAY_AUTH_MODE=token was set by hand, and was refused.
-    home = tmp_path / "home"
-    (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env["HOME"] = str(home)
+    env = machine_env(tmp_path / "home", token=True)
     driver = textwrap.dedent("""
         import sys
         from base.errors import HarnessError
@@ -409,27 +418,10 @@ def test_a_cluster_of_two_nodes_runs_an_actor_on_each_and_writes_the_local_file(
     # the head's machine given HOST:PORT. One CPU per node and one per actor: the plan's two
     # actors can only run one on each node.
     data = make_dataset(tmp_path / "data", n_train=6, n_test=4)
-    home = tmp_path / "home"
-    (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
-    env["HOME"] = str(home)
-    driver = textwrap.dedent("""
-        import logging, sys
-        from pathlib import Path
-        from features.extract import extract_features
-        from features.weights import WeightsChoice
-        from tests.features_fixtures import image_lists
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        train, test = image_lists(Path(sys.argv[2]))
-        extract_features(train, test, [("mobilenet_025", "none")],
-                         {"mobilenet_025": WeightsChoice(None, "none")}, Path(sys.argv[3]),
-                         batch_size=2, progress=False, engine="ray", cluster=sys.argv[1])
-    """)
-    command = [sys.executable, "-c", driver, "", str(data), str(tmp_path / "ray")]
+    env = machine_env(tmp_path / "home", token=True)
     with ray_head(1, env) as address, ray_node(address, 1, dict(env, RAY_AUTH_MODE="token")):
-        command[3] = address
+        command = [sys.executable, "-c", RAY_DRIVER, str(ROOT), str(data),
+                   str(tmp_path / "ray"), address]
         done = subprocess.run(command, env=env, cwd=ROOT, check=False, capture_output=True,
                               text=True, timeout=300)
         again = subprocess.run(command, env=env, cwd=ROOT, check=False, capture_output=True,
@@ -478,9 +470,7 @@ def test_a_process_connected_through_ray_client_is_refused_in_one_line(tmp_path)
     # Ray Data fails mid-run over Ray Client; a notebook that connected with ray://
     # gets one line before any work instead.
     data = make_dataset(tmp_path / "data", n_train=2, n_test=1)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
-    env["HOME"] = str(tmp_path / "home")  # no token: a head without authentication
+    env = machine_env(tmp_path / "home")  # no token: a head without authentication
     port = free_port()
     with ray_head(1, env, client_port=port):
         done = subprocess.run([sys.executable, "-c", CLIENT_DRIVER, f"ray://127.0.0.1:{port}",
