@@ -435,14 +435,25 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, (n, len(classes_)), in `classes_` order."""
+        """Class probabilities, (n, len(classes_)), in `classes_` order.
+
+        The trained network evaluated in float64 (see `_inference_map`), not by Keras in
+        float32: a batched float32 product rounds a row differently by where it sits in the
+        batch (measured: 6e-8 when rows are reordered), and scikit-learn's contract is that
+        a row's prediction does not depend on the other rows. In float64 the rounding is
+        ~1e-16, far below anything a score or a clip bound sees.
+        """
+        from scipy.special import expit, softmax
+
         X = _check_X(self, X, fitted=True)
+        weights, bias = _inference_map(self.model_)
 
         def predict(block: np.ndarray) -> np.ndarray:
-            out = np.asarray(self.model_(block, training=False), dtype=np.float64)
-            if out.shape[1] == 1:
-                out = np.hstack([1.0 - out, out])
-            return out
+            logits = block.astype(np.float64) @ weights + bias
+            if logits.shape[1] == 1:
+                positive = expit(logits)
+                return np.hstack([1.0 - positive, positive])
+            return softmax(logits, axis=1)
 
         return _chunked(X, predict)
 
@@ -450,6 +461,37 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         """The most probable class of each row."""
         proba = self.predict_proba(X)  # first: an unfitted head raises NotFittedError
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+def _inference_map(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """DropoutHead's network at inference as one affine map in float64: logits = X @ W + b.
+
+    Rescaling (x * scale + offset) and Dense compose into one map; Dropout is the identity
+    at inference. The final activation (sigmoid or softmax, by the output width) is applied
+    by the caller. Any other layer is an error, so a change to `DropoutHead._build` cannot
+    be evaluated wrongly in silence (tests compare this with the Keras model's own output).
+    """
+    import keras
+
+    scale = offset = None
+    weights = bias = None
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.InputLayer, keras.layers.Dropout)):
+            continue
+        if isinstance(layer, keras.layers.Rescaling) and weights is None:
+            scale = np.asarray(layer.scale, np.float64)
+            offset = np.asarray(layer.offset, np.float64)
+        elif isinstance(layer, keras.layers.Dense) and weights is None:
+            kernel, dense_bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+            weights, bias = kernel, dense_bias
+            if scale is not None:
+                weights, bias = scale[:, None] * kernel, offset @ kernel + dense_bias
+        else:
+            raise TypeError(f"DropoutHead cannot evaluate layer {layer.name!r} "
+                            f"({type(layer).__name__}) in float64; update _inference_map")
+    if weights is None:
+        raise TypeError("DropoutHead's model has no Dense layer")
+    return weights, bias
 
 
 @functools.cache

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import platform
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,49 @@ def check_precision(precision: str, engine: str) -> None:
                        f"{engine!r}: set {fix}, or another precision")
 
 
+def computed_precision(precision: str, choice: str, engine: str,
+                       has_gpu: Callable[[], bool]) -> str:
+    """The precision `engine` really computes on this machine when asked for `precision`.
+
+    What a feature file records and fingerprints (so a float32 result is never labelled,
+    or cached, as something else, and is reused by float32 runs):
+    - "mixed" is float16 compute under TensorFlow on a GPU; anywhere else float32.
+    - "bfloat16" under OpenVINO is what its CPU plugin reports for the hint on this CPU
+      (features.openvino_engine.computed_precision: float32 without AVX-512 or AVX2-VNNI-2);
+      TensorFlow computes bfloat16 on every CPU (emulated, slowly, without AVX512_BF16).
+    - float32 and int8 are computed as asked (int8 runs on OpenVINO only: check_precision).
+
+    Args:
+        choice: The engine asked for ("auto", "ray", or an inference engine).
+        engine: The inference engine that will run (resolved, or preferred while planning).
+        has_gpu: Asked only for "mixed" (it imports TensorFlow).
+    """
+    if precision == "mixed":
+        return "mixed" if choice != "openvino" and has_gpu() else "float32"
+    if precision == "bfloat16" and engine == "openvino":
+        from features.openvino_engine import computed_precision as openvino_precision
+
+        return openvino_precision(precision)
+    return precision
+
+
+def precision_note(asked: str, computed: str, engine: str) -> str:
+    """The warning for a run that computes `computed` where `asked` was asked for ("" when
+    they agree): what this machine lacks, what the files say, and what to set instead."""
+    if asked == computed:
+        return ""
+    if asked == "mixed":
+        why, instead = "is float16 compute under TensorFlow on a GPU, and none is used", ""
+    else:
+        why = (f"is not computed by {engine} on this CPU (OpenVINO computes bfloat16 only with "
+               "AVX-512 or AVX2-VNNI-2, and fast only with AVX512_BF16 or AMX)")
+        instead = (', or engine = "tensorflow" (--engine tensorflow), which emulates '
+                   "bfloat16 here, slower than float32")
+    return (f"precision {asked!r} {why}: computing {computed}, and the feature files say "
+            f"{computed}; set precision = {computed!r} (--precision {computed}) to say so"
+            f"{instead}")
+
+
 def preferred_engine(choice: str) -> str:
     """The inference engine `choice` means before knowing whether a GPU is visible.
 
@@ -148,13 +193,27 @@ def build_forward(spec: Any, weights: Any, runtime: Any, engine: str,
 
     Returns:
         A forward: `.spec`, `.convert_seconds` (0.0 unless a model was converted now),
-        `.quantize_seconds` (0.0 unless a model was quantised to int8 now) and
-        `__call__(images) -> np.ndarray` float32 (N, D).
+        `.quantize_seconds` (0.0 unless a model was quantised to int8 now), `.precision`
+        (what it computes, as the engine reports it), `.kernels` (int8: a Counter of the
+        kernels that run its int8 operations) and `__call__(images) -> np.ndarray`
+        float32 (N, D).
+
+    Raises:
+        HarnessError: the engine computes another precision than `runtime.precision`.
     """
     if engine not in INFERENCE_ENGINES:
         raise HarnessError(f"inference engine {engine!r} is not one of "
                            f"{', '.join(INFERENCE_ENGINES)}; resolve_engine() it first")
-    return ENGINES[engine].build(spec, weights, runtime, cache_dir, calibration)
+    forward = ENGINES[engine].build(spec, weights, runtime, cache_dir, calibration)
+    # The plan (computed_precision) named what the files will say; what the engine reports
+    # it computes must be that, or the files would lie. Reached only where the plan was
+    # made on another machine (a Ray actor on a CPU unlike the driver's).
+    if forward.precision != runtime.precision:
+        raise HarnessError(f"{spec.name}: {engine} computes {forward.precision} on this "
+                           f"machine ({platform.node()}), not the {runtime.precision} the run "
+                           f"planned; set precision = {forward.precision!r} (--precision "
+                           f"{forward.precision})")
+    return forward
 
 
 class TensorFlowForward:
@@ -169,6 +228,9 @@ class TensorFlowForward:
 
         self.spec = spec
         self._forward = Forward(spec, weights, runtime)
+        # The Keras dtype policy is what TensorFlow computes (emulated where the CPU lacks it).
+        self.precision = runtime.precision
+        self.kernels: Counter = Counter()
 
     def __call__(self, images: Any) -> np.ndarray:
         """GAP features (N, D) float32 of RGB 0-255 float images (N, S, S, 3)."""

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ import numpy as np
 from base.atomic import remove_stale_temps
 from base.errors import HarnessError
 from base.lock import workspace_lock
+from base.logs import quiet_tensorflow_import
 from competition.images import ImageList, list_test_images, list_train_images
 from features import parts as part_store
 from features.backbones import BackboneSpec, get_backbone
@@ -37,6 +39,8 @@ from features.engines import (
     build_forward,
     check_engine,
     check_precision,
+    computed_precision,
+    precision_note,
     preferred_engine,
     resolve_engine,
 )
@@ -111,8 +115,10 @@ class ExtractionReport:
     its forward graph (or reading OpenVINO's converted model from its cache);
     `convert_seconds` the part of it spent converting models to OpenVINO (0 when cached).
     `engine` is the inference engine that computed ("" when every file was reused), and
-    `precision` its precision; `quantize_seconds` the part of `build_seconds` spent
-    quantising models to int8 (0 when cached).
+    `precision` the precision it really computed (as the engine reports it; see
+    features.engines.computed_precision); `quantize_seconds` the part of `build_seconds`
+    spent quantising models to int8 (0 when cached); `kernels` (int8) how many operations
+    ran each int8 kernel, by OpenVINO's name (e.g. jit_avx2_I8: no VNNI).
     """
 
     results: list[FeatureResult]
@@ -122,6 +128,7 @@ class ExtractionReport:
     convert_seconds: float = 0.0
     quantize_seconds: float = 0.0
     precision: str = ""
+    kernels: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.results)
@@ -146,16 +153,21 @@ class ExtractionReport:
             for r in self.results
         )
         engine = ""
-        if self.engine == "openvino" and self.precision == "int8":
-            steps = ([f"conversion {self.convert_seconds:.1f} s"] if self.convert_seconds
-                     else []) + [f"quantisation {self.quantize_seconds:.1f} s"
-                                 if self.quantize_seconds else "quantised models cached"]
-            engine = f" (openvino int8, {', '.join(steps)})"
-        elif self.engine == "openvino":
-            engine = (f" (openvino, conversion {self.convert_seconds:.1f} s)"
-                      if self.convert_seconds else " (openvino, converted models cached)")
-        elif self.engine:
-            engine = f" ({self.engine})"
+        if self.engine:
+            steps = [self.engine if self.precision in ("", "float32")
+                     else f"{self.engine} {self.precision}"]
+            if self.kernels:  # which instruction set computed int8 changes the numbers
+                steps.append("int8 kernels " + ", ".join(
+                    f"{name} x{count}" for name, count in sorted(self.kernels.items())))
+            if self.convert_seconds:
+                steps.append(f"conversion {self.convert_seconds:.1f} s")
+            if self.quantize_seconds:
+                steps.append(f"quantisation {self.quantize_seconds:.1f} s")
+            elif self.precision == "int8":
+                steps.append("quantised models cached")
+            elif self.engine == "openvino" and not self.convert_seconds:
+                steps.append("converted models cached")
+            engine = f" ({', '.join(steps)})"
         return (f"features: {images} images, {skipped} train skipped, {failed} test failed, "
                 f"{self.seconds:.1f} s{engine}; {speeds}")
 
@@ -572,6 +584,7 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
     started = time.perf_counter()
     _validate(requests, weights, shard)
     check_precision(precision, engine)
+    quiet_tensorflow_import()  # its first import may come from looking for a GPU
     ray_session = None
     if engine == "ray":
         from features.ray_engine import RaySession
@@ -600,28 +613,31 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
     # A writer killed during the final HDF5 write leaves its (large) temp file behind.
     remove_stale_temps(features_dir)
     sub_train, sub_test = shard_images(train, shard), shard_images(test, shard)
-    # Mixed precision only exists on GPUs under TensorFlow (OpenVINO runs it as float32 on
-    # the CPU); decide before fingerprinting so such a float32 file is not mislabelled (and
-    # is reused by later float32 runs).
-    used_precision = precision
-    if precision == "mixed" and (engine == "openvino" or not has_gpu()):
-        used_precision = "float32"
     check_engine(engine)
     # Planned without importing TensorFlow: with "auto" reuse does not depend on the
     # engine; only when something must be computed is a GPU looked for.
     used_engine = preferred_engine(engine)
+    # What the engine will really compute (mixed without a GPU, bfloat16 on a CPU OpenVINO
+    # cannot run it on: float32), decided before fingerprinting, so such a file is never
+    # labelled as what it is not, and is reused by later float32 runs.
+    used_precision = computed_precision(precision, engine, used_engine, has_gpu)
     jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard,
                  used_engine)
     if engine not in INFERENCE_ENGINES and any(
             _why_rebuild(j.path, j.fingerprint, j.parts, force, engine, log=False) for j in jobs):
         resolved = resolve_engine(engine, has_gpu())
-        check_precision(used_precision, resolved)  # auto on a GPU is TensorFlow: no int8
         if resolved != used_engine:
             used_engine = resolved
+            used_precision = computed_precision(precision, engine, used_engine, has_gpu)
             jobs = _plan(train, test, requests, weights, features_dir, used_precision, shard,
                          used_engine)
+        check_precision(used_precision, resolved)  # auto on a GPU is TensorFlow: no int8
+    note = precision_note(precision, used_precision, used_engine)
+    if note:
+        logger.warning(note)
     todo, results = [], []
     build_seconds = convert_seconds = quantize_seconds = 0.0
+    kernels: Counter = Counter()
     for job in jobs:
         job.reason = _why_rebuild(job.path, job.fingerprint, job.parts, force, engine)
         if not job.reason:
@@ -648,9 +664,7 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
     elif todo:
         from features import runtime as runtime_module
 
-        runtime_module.import_tensorflow_quietly(
-            verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
-        runtime = runtime_module.configure(batch_size, threads, precision)
+        runtime = runtime_module.configure(batch_size, threads, used_precision)
         # From the whole training list (not this shard's): every shard quantises alike.
         calibration = (calibration_set(train, runtime.map_threads)
                        if used_precision == "int8" else None)
@@ -665,6 +679,7 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
         build_seconds = time.perf_counter() - build_started
         convert_seconds = sum(f.convert_seconds for f in forwards.values())
         quantize_seconds = sum(f.quantize_seconds for f in forwards.values())
+        kernels = sum((f.kernels for f in forwards.values()), Counter())
         for split, images in (("train", sub_train), ("test", sub_test)):
             _run_split(split, images, todo, forwards, runtime, progress)
     for job in todo:
@@ -686,7 +701,7 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
     results.sort(key=lambda r: order[(r.backbone, r.tta)])
     report = ExtractionReport(results, time.perf_counter() - started, build_seconds,
                               used_engine if todo else "", convert_seconds, quantize_seconds,
-                              used_precision if todo else "")
+                              used_precision if todo else "", dict(kernels))
     logger.info(report.summary())
     return report
 

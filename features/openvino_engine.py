@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,12 @@ CONVERTER_VERSION = "tf.function of runtime.Forward -> openvino.convert_model, d
 # int8: the quantised convolutions run in int8 whatever the hint; the ops NNCF leaves
 # unquantised stay in float32.
 INFERENCE_PRECISION = {"float32": "f32", "mixed": "f32", "bfloat16": "bf16", "int8": "f32"}
+# The harness's name of each element type OpenVINO reports it computes in.
+PRECISION_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+# Element types of int8 kernels in the runtime model's `runtimePrecision` rt_info, and the
+# operations whose kernels are reported (the compute: constants and reshapes are "i8" too).
+INT8_TYPES = ("u8", "i8")
+INT8_REPORTED = ("Convolution", "FullyConnected", "MatMul")
 # Part of the int8 cache key and of int8 feature files' fingerprint: bump when the way a
 # model is quantised changes.
 QUANTIZER_VERSION = ("nncf.quantize defaults (performance preset: symmetric; fast bias "
@@ -105,6 +113,50 @@ def compile_config(runtime: Any) -> dict:
     if runtime.map_threads > 0:
         config["INFERENCE_NUM_THREADS"] = runtime.map_threads
     return config
+
+
+@functools.cache
+def computed_precision(precision: str) -> str:
+    """The precision OpenVINO's CPU plugin computes on this machine for a harness precision.
+
+    The plugin drops an INFERENCE_PRECISION_HINT this CPU cannot honour and computes float32
+    (its source: bf16 only where oneDNN may use AVX-512 or AVX2-VNNI-2; natively fast with
+    AVX512_BF16 or AMX), saying nothing. So the answer is read back from a one-op model
+    compiled with that hint (under a second), the way every real model is compiled; it
+    follows ONEDNN_MAX_CPU_ISA and OV_CPU_MAX_ISA as the real compile does. int8 is
+    "int8": its kernels exist on every x86-64 CPU (which ones ran: `int8_kernels`).
+    """
+    if precision == "int8":
+        return "int8"
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    hint = INFERENCE_PRECISION[precision]
+    x = ops.parameter([1, 8], ov.Type.f32)
+    probe = ov.Model([ops.matmul(x, ops.constant(np.ones((8, 2), np.float32)), False, False)],
+                     [x])
+    compiled = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    return _precision_name(compiled)
+
+
+def _precision_name(compiled: Any) -> str:
+    """The harness's name of the precision a compiled model computes in (read back)."""
+    kind = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return PRECISION_NAMES.get(kind, kind)
+
+
+def int8_kernels(compiled: Any) -> Counter:
+    """How many convolutions (and matrix products) of a compiled model run each int8
+    kernel, by OpenVINO's `primitiveType` name (e.g. 'jit_avx2_I8', 'brgconv_avx512_amx_I8'):
+    which instruction set computes them, which changes the numbers and not only the speed
+    (without VNNI, AVX2's u8 x s8 products saturate at 16 bits)."""
+    kernels: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if (info["layerType"].astype(str) in INT8_REPORTED
+                and info["runtimePrecision"].astype(str) in INT8_TYPES):
+            kernels[info["primitiveType"].astype(str)] += 1
+    return kernels
 
 
 def load_or_convert(spec: Any, weights: Any, runtime: Any, cache_dir: Path) -> tuple[Any, float]:
@@ -244,10 +296,16 @@ class OpenVINOForward:
                                                           self.cache_dir)
         self.config = compile_config(runtime)
         self.compiled = ov.Core().compile_model(model, "CPU", self.config)
+        # What really computes, read back from OpenVINO (features.engines.build_forward
+        # compares it with the plan): an int8 model with no int8 kernel computed float32.
+        self.kernels = int8_kernels(self.compiled) if runtime.precision == "int8" else Counter()
+        self.precision = "int8" if self.kernels else _precision_name(self.compiled)
         self._request = self.compiled.create_infer_request()
-        logger.info("%s: OpenVINO %s on %s, %s", spec.name, installed_version("openvino"),
+        logger.info("%s: OpenVINO %s on %s, %s; computes %s%s", spec.name,
+                    installed_version("openvino"),
                     self.compiled.get_property("EXECUTION_DEVICES"),
-                    ", ".join(f"{k} {v}" for k, v in self.config.items()))
+                    ", ".join(f"{k} {v}" for k, v in self.config.items()), self.precision,
+                    "".join(f", {name} x{count}" for name, count in sorted(self.kernels.items())))
         # The first inference creates the kernels for this shape (not to be timed as compute).
         size = spec.input_size
         self(np.zeros((1, size, size, 3), np.float32))

@@ -41,6 +41,7 @@ from typing import Any, Self
 import numpy as np
 
 from base.errors import HarnessError, first_line
+from base.logs import quiet_tensorflow_import
 from competition.images import ImageList
 from features import parts as part_store
 
@@ -393,7 +394,7 @@ class BatchWorker:
         from features import runtime as runtime_module
         from features.backbones import get_backbone
 
-        runtime_module.import_tensorflow_quietly()
+        quiet_tensorflow_import()
         self.runtime = runtime_module.configure(batch_size, threads, precision)
         self.jobs = [(get_backbone(name), tta) for name, tta, _ in jobs]
         self.sizes = list(sizes)

@@ -50,35 +50,6 @@ class Runtime:
     map_threads: int
 
 
-def import_tensorflow_quietly(verbose: bool = False) -> None:
-    """Import TensorFlow, with its native start-up chatter captured unless `verbose`.
-
-    TensorFlow's C++ start-up lines (oneDNN notice, CUDA stubs, cuInit on CPU machines)
-    ignore TF_CPP_MIN_LOG_LEVEL; they are shown again only if the import fails.
-    """
-    import sys
-    import tempfile
-
-    if verbose or "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def configure(batch_size: int = 0, threads: int = 0, precision: str = "float32") -> Runtime:
     """Pick threads, device strategy, precision and batch size for this machine.
 

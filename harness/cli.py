@@ -192,12 +192,12 @@ def _print_table(results: list) -> None:
 
 def cmd_ensembles(args: argparse.Namespace) -> None:
     _print_table(pipeline.fit_ensembles(_load(args), names=args.only, force=args.force,
-                                        progress=not args.quiet, verbose=args.verbose))
+                                        progress=not args.quiet))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
     done = pipeline.submit(_load(args), ensemble=args.ensemble, progress=not args.quiet,
-                           verbose=args.verbose, on_results=_print_table)
+                           on_results=_print_table)
     for path in done.paths:
         print(f"validated: {path}")
     print(f"submission: {done.pick.name} -> {done.paths[0]} ({done.why})")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import HarnessError
+from base.logs import quiet_tensorflow_import
 from harness.config import Config
 
 
@@ -71,12 +72,10 @@ def extract(config: Config, *, force: bool = False, shard: tuple[int, int] | Non
 
 
 def fit_ensembles(config: Config, *, names: Sequence[str] | None = None, force: bool = False,
-                  progress: bool = True, verbose: bool = False) -> list:
+                  progress: bool = True) -> list:
     """Cross-validate the ensembles and blends (cached results reused); best first
     (ensembles.select.rank)."""
-    from features.runtime import import_tensorflow_quietly
-
-    import_tensorflow_quietly(verbose=verbose)
+    quiet_tensorflow_import()  # the Keras heads import TensorFlow
     from ensembles.run import run_ensembles
     from ensembles.select import rank
 
@@ -118,7 +117,6 @@ class Submission:
 
 
 def submit(config: Config, *, ensemble: str | None = None, progress: bool = True,
-           verbose: bool = False,
            on_results: Callable[[list], None] | None = None) -> Submission:
     """features -> ensembles -> validated CSVs: every result's, or only `ensemble`'s.
 
@@ -129,7 +127,7 @@ def submit(config: Config, *, ensemble: str | None = None, progress: bool = True
     extract(config, progress=progress)
     seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
-    results = fit_ensembles(config, progress=progress, verbose=verbose)
+    results = fit_ensembles(config, progress=progress)
     seconds["ensembles"] = time.perf_counter() - start
     if on_results is not None:
         on_results(results)

@@ -20,8 +20,8 @@ import pytest
 from sklearn.metrics import log_loss
 
 from competition.demo import generate_demo
+from tests.cli_runner import NATIVE_LOG_LINE, mobilenet_toml, run_harness
 from tests.cli_runner import REPO as ROOT
-from tests.cli_runner import mobilenet_toml, run_harness
 from tests.image_files import write_jpeg
 
 CONFIG = mobilenet_toml('competition = "demo"\nworkspace = "ws"',
@@ -39,6 +39,8 @@ def test_submit_writes_a_validated_csv_and_reuses_features(tmp_path):
 
     first = harness("submit", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    # TensorFlow was imported (extraction, the Keras head) without a line of its own.
+    assert not NATIVE_LOG_LINE.search(first.stderr), first.stderr[:2000]
     csv = tmp_path / "ws" / "submissions" / "demo-mobilenet-logreg.csv"
     assert f"validated: {csv}" in first.stdout
     assert re.search(r"submission: mobilenet-(logreg|dropout) -> .*\.csv \(.*CV.*\)", first.stdout)

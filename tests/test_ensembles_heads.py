@@ -96,6 +96,23 @@ def test_dropout_head_multiclass_softmax_and_monitor():
     assert len(head.history_["val_loss"]) == 3
 
 
+@pytest.mark.parametrize(("k", "standardize"), [(2, True), (3, True), (2, False)])
+def test_dropout_predictions_are_the_keras_model_in_float64_whatever_the_row_order(
+        k, standardize):
+    X, y = blobs(n=120, d=9, k=k)
+    head = DropoutHead(epochs=3, batch_size=16, standardize=standardize,
+                       learning_rate=0.05).fit(X, y)
+    proba = head.predict_proba(X)
+    # The same network as Keras computes it (float32): only float32 rounding apart.
+    keras_out = np.asarray(head.model_(X, training=False), np.float64)
+    expected = np.hstack([1 - keras_out, keras_out]) if k == 2 else keras_out
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+    # A row's prediction does not depend on which rows come with it, or where.
+    order = np.random.default_rng(1).permutation(len(X))
+    np.testing.assert_allclose(head.predict_proba(X[order]), proba[order], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(head.predict_proba(X[7:8])[0], proba[7], rtol=0, atol=1e-13)
+
+
 def test_make_head_validates_params():
     # The run stage's own keys (clip, ...) come along in the same table: skipped, and
     # listed with the head's when a key is misspelt.

@@ -46,9 +46,10 @@ def engine_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def runtime():
-    from features.runtime import configure, import_tensorflow_quietly
+    from base.logs import quiet_tensorflow_import
+    from features.runtime import configure
 
-    import_tensorflow_quietly()
+    quiet_tensorflow_import()
     return configure(batch_size=2)
 
 

@@ -116,23 +116,59 @@ def test_fingerprint_change_rebuilds_and_says_why(feat_data, tmp_path, caplog):
     assert forced.result("mobilenet_025").reason.startswith("forced")
 
 
+# bfloat16 keeps 8 significant bits: one rounding is off by up to 2**-8 = 0.4% of a value.
+BF16_ROUNDING = 2.0 ** -8
+
+
 def test_precision_is_in_the_fingerprint(feat_data, tmp_path):
     train, test = image_lists(feat_data)
     out = tmp_path / "features"
     path = feature_path(out, "mobilenet_025")
-    run(train, test, out)
+    run(train, test, out, engine="tensorflow")
     exact = load_split(path, "train").features
     # "mixed" is float16 on GPUs only: on this CPU it computes, and so reuses, float32.
     assert run(train, test, out, precision="mixed").result("mobilenet_025").reused
-    report = run(train, test, out, precision="bfloat16")
+    # TensorFlow computes bfloat16 on every CPU (emulated where the CPU lacks it).
+    report = run(train, test, out, precision="bfloat16", engine="tensorflow")
     assert "precision changed ('float32' -> 'bfloat16')" in report.result("mobilenet_025").reason
+    assert report.precision == "bfloat16" and "(tensorflow bfloat16" in report.summary()
     half = load_split(path, "train")
     assert half.attrs["precision"] == "bfloat16" and half.features.dtype == np.float32
-    # bfloat16 keeps 8 bits of mantissa: close to float32, but not the same numbers.
-    assert_close(half.features, exact, rel=5e-2)
-    assert differ(half.features, exact, rel=1e-4)
+    # Close to float32 within the roundings of 28 layers, and computed in bfloat16 for
+    # real: float32 engines agree to ~1e-7, far below one bfloat16 rounding.
+    assert_close(half.features, exact, rel=16 * BF16_ROUNDING)
+    assert differ(half.features, exact, rel=BF16_ROUNDING / 40)
     with pytest.raises(HarnessError, match="precision 'half' is not one of float32, mixed"):
         run(train, test, out, precision="half")
+
+
+def test_bfloat16_on_openvino_records_what_this_cpu_computes(feat_data, tmp_path, caplog):
+    """OpenVINO silently computes float32 for a bfloat16 hint on CPUs without AVX-512 or
+    AVX2-VNNI-2: the file must then say float32 (and be the float32 file), never bfloat16."""
+    from features.openvino_engine import computed_precision
+
+    train, test = image_lists(feat_data)
+    out = tmp_path / "features"
+    path = feature_path(out, "mobilenet_025")
+    run(train, test, out, engine="openvino")
+    exact = load_split(path, "train").features
+    with caplog.at_level(logging.WARNING):
+        report = run(train, test, out, precision="bfloat16", engine="openvino")
+    computed = load_split(path, "train")
+    if computed_precision("bfloat16") == "bfloat16":  # AVX-512 / AVX2-VNNI-2 CPUs
+        assert report.precision == computed.attrs["precision"] == "bfloat16"
+        assert_close(computed.features, exact, rel=16 * BF16_ROUNDING)
+        assert differ(computed.features, exact, rel=BF16_ROUNDING / 40)
+        assert not caplog.records
+    else:
+        assert report.result("mobilenet_025").reused and computed.attrs["precision"] == "float32"
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning.startswith("precision 'bfloat16' is not computed by openvino on this "
+                                  "CPU") and "the feature files say float32" in warning
+        assert "--engine tensorflow" in warning
+        # What was recorded is true: a forced rebuild computes exactly the float32 numbers.
+        run(train, test, out, precision="bfloat16", engine="openvino", force=True)
+        np.testing.assert_array_equal(load_split(path, "train").features, exact)
 
 
 def test_tta_modes_have_their_own_files_and_fingerprints(feat_data, tmp_path):
