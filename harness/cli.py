@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.verb](args)
     except HarnessError as exc:
-        if args.verbose:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):  # --verbose or HARNESS_LOG=debug
             logger.exception("error")
         print(f"error: {exc}", file=sys.stderr)
         return 2

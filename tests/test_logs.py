@@ -66,3 +66,17 @@ def test_a_failed_import_replays_what_it_wrote(tmp_path):
     # The captured native line first, then Python's own error: the user still sees why.
     assert "Could not find cuda drivers" in done.stderr
     assert done.stderr.index("cuda drivers") < done.stderr.index("ImportError: libcudart")
+
+
+def test_a_user_error_is_one_line_and_harness_log_debug_adds_the_traceback(tmp_path):
+    from tests.cli_runner import run_harness
+
+    args = ("--competition", "demo", "features", "--precision", "int8", "--engine",
+            "tensorflow")
+    plain = run_harness(*args, cwd=tmp_path, timeout=300)
+    assert plain.returncode == 2 and plain.stderr.strip().count("\n") == 0, plain.stderr
+    assert plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HARNESS_LOG": "debug"}
+    debug = run_harness(*args, cwd=tmp_path, env=env, timeout=300)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
