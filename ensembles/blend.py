@@ -35,24 +35,44 @@ BLEND_METHODS: dict[str, tuple[dict[str, Param], str]] = {
 
 
 def check_blend_params(name: str, method: str, params: Mapping[str, Any], *,
-                       also: Mapping[str, Any] = ()) -> None:
-    """Raises HarnessError for an unknown method, or an unknown or bad parameter of blend
-    `name` (keys in `also` are another part of the run's, as in heads.head_params)."""
+                       also: Mapping[str, Any] = (), target: str = "classes") -> None:
+    """Raises HarnessError for an unknown method, one that cannot blend `target`
+    predictions (stacking fits class probabilities only), or an unknown or bad parameter
+    of blend `name` (keys in `also` are another part of the run's, as in
+    heads.head_params)."""
     if method not in BLEND_METHODS:
         raise HarnessError(f"blend {name!r}: method = {method!r} is not one of "
                            f"{', '.join(BLEND_METHODS)}")
+    if method == "stack" and target != "classes":
+        raise HarnessError(f"blend {name!r}: method \"stack\" blends class probabilities; "
+                           f"this competition's target is {target}: use mean or weights")
     own = {key: value for key, value in params.items() if key not in also}
     check_params(BLEND_METHODS[method][0], own, where=f"blend {name!r}",
                  owner=f"method {method!r}", extra=also)
 
 
-def fit_weights(probas: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """Non-negative weights summing to 1 that minimise the log loss of the weighted mean."""
-    m = len(probas)
-    picked = np.stack([p[np.arange(len(labels)), labels] for p in probas], axis=1)
+def _weights_loss(probas: list[np.ndarray], labels: np.ndarray, target: str):
+    """The loss of the weighted mean that `fit_weights` minimises: log loss for classes,
+    the mean binary log loss of tags, squared error for values."""
+    stacked = np.stack(probas, axis=-1)  # (n, k, m)
+    if target == "value":
+        values = stacked[:, 0, :]
+        return lambda w: float(np.mean((values @ w - labels) ** 2))
+    if target == "tags":
+        def tags_loss(w: np.ndarray) -> float:
+            p = np.clip(stacked @ w, EPS, 1 - EPS)
+            return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+        return tags_loss
+    picked = stacked[np.arange(len(labels)), labels, :]  # (n, m)
+    return lambda w: float(-np.mean(np.log(np.clip(picked @ w, EPS, 1.0))))
 
-    def loss(w: np.ndarray) -> float:
-        return float(-np.mean(np.log(np.clip(picked @ w, EPS, 1.0))))
+
+def fit_weights(probas: list[np.ndarray], labels: np.ndarray,
+                target: str = "classes") -> np.ndarray:
+    """Non-negative weights summing to 1 that minimise the loss of the weighted mean (log
+    loss for classes; see `_weights_loss`)."""
+    m = len(probas)
+    loss = _weights_loss(probas, labels, target)
 
     result = minimize(loss, np.full(m, 1.0 / m), method="SLSQP", bounds=[(0.0, 1.0)] * m,
                       constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
@@ -71,14 +91,14 @@ def _logits(probas: list[np.ndarray]) -> np.ndarray:
 
 
 def _combine(method: str, params: dict, train: list[np.ndarray], labels: np.ndarray,
-             apply: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+             apply: list[np.ndarray], target: str) -> tuple[np.ndarray, dict]:
     if method == "mean":
         return np.mean(apply, axis=0), {}
     if method == "weights":
         # Weights fitted on a few hundred out-of-fold rows overfit them; shrinking toward
         # equal weights trades that variance for a little bias.
         shrink = float(params.get("shrink", 0.0))
-        w = (1.0 - shrink) * fit_weights(train, labels) + shrink / len(train)
+        w = (1.0 - shrink) * fit_weights(train, labels, target) + shrink / len(train)
         return np.tensordot(w, np.stack(apply), axes=1), {"weights": w.tolist()}
     stacker = LogisticRegression(C=float(params.get("C", 1.0)), max_iter=1000)
     stacker.fit(_logits(train), labels)
@@ -88,8 +108,10 @@ def _combine(method: str, params: dict, train: list[np.ndarray], labels: np.ndar
 
 
 def blend(method: str, params: dict, oofs: list[np.ndarray], tests: list[np.ndarray],
-          labels: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Blend members' predictions (all aligned on the same ids).
+          labels: np.ndarray, folds: np.ndarray, target: str = "classes"
+          ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Blend members' predictions (all aligned on the same ids; `target` as in
+    CompetitionSpec.target).
 
     Returns:
         (out-of-fold probabilities, test probabilities, info such as fitted weights).
@@ -98,7 +120,8 @@ def blend(method: str, params: dict, oofs: list[np.ndarray], tests: list[np.ndar
     for fold in np.unique(folds):
         fit_rows, held = folds != fold, folds == fold
         oof[held], _ = _combine(method, params, [p[fit_rows] for p in oofs], labels[fit_rows],
-                                [p[held] for p in oofs])
-    test, info = _combine(method, params, oofs, labels, tests)
-    logger.debug("blend %s: oof log loss %.4f %s", method, log_loss(labels, oof), info)
+                                [p[held] for p in oofs], target)
+    test, info = _combine(method, params, oofs, labels, tests, target)
+    if target == "classes":
+        logger.debug("blend %s: oof log loss %.4f %s", method, log_loss(labels, oof), info)
     return oof, test, info

@@ -32,7 +32,8 @@ class FeatureMatrix:
     Attributes:
         ids: (N,) str ids, in the first backbone's row order.
         X: (N, sum of widths) float32.
-        labels: (N,) int64 class indices (train) or None (test).
+        labels: (N,) int64 class indices, (N, T) tags or (N,) float values (train);
+            None (test).
         failed: (N,) bool, True where any backbone failed to read the image (test).
         classes: Class names in label order.
     """

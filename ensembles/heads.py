@@ -1,10 +1,13 @@
-"""Classifier heads over cached features, all with the scikit-learn estimator contract.
+"""Heads over cached features, all with the scikit-learn estimator contract.
 
 `__init__` only stores parameters, `fit(X, y)` returns self, learned state ends in `_`
-(`classes_`, `n_features_in_`), `predict_proba(X)` returns one column per class in
-`classes_` order. Cross-validation, blending and the CLI never care which head they hold.
-Both also take `fit(X, y, rows=...)`, which fits on `X[rows]`: cross-validation passes
-each fold's row indices instead of a copy of its rows.
+(`classes_`, `n_features_in_`). What a head predicts depends on what it fits (the
+competition's `target`): class probabilities, one column per class in `classes_` order;
+for tags (multilabel, y of shape (n, t) 0/1) one probability per tag; for values
+(regression, ordinal grades) one column holding the value. `outputs(head, X)` returns that
+(n, k) matrix for any head, so cross-validation, blending and the CLI never care which head
+they hold. Heads also take `fit(X, y, rows=...)`, which fits on `X[rows]`:
+cross-validation passes each fold's row indices instead of a copy of its rows.
 
 Both heads avoid float64 or full-size copies of the feature matrix: statistics are
 accumulated in row chunks, the Keras head folds standardisation into the model and feeds
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, is_regressor
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
@@ -79,6 +82,13 @@ def _check_rows(X: np.ndarray, rows: Any) -> np.ndarray | None:
         raise ValueError(f"rows index {len(X)} rows of X but range from {rows.min()} to "
                          f"{rows.max()}")
     return rows
+
+
+def _is_tags(y: Any) -> bool:
+    """A 2-D 0/1 target with several columns: one per tag (multilabel). A single column is
+    a 1-D target written as a column, as scikit-learn treats it."""
+    shape = np.asarray(y).shape if y is not None else ()
+    return len(shape) == 2 and shape[1] > 1
 
 
 def _encode(head: BaseEstimator, y: Any, n_rows: int) -> np.ndarray:
@@ -245,6 +255,9 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
                      error=ValueError)
         X = _check_X(self, X, fitted=False)
         rows = _check_rows(X, rows)
+        if _is_tags(y):
+            return self._fit_tags(X, np.asarray(y), rows)
+        self.tags_ = None
         fresh = rows is not None  # X[rows] is our own copy: safe to change in place
         if fresh:
             X = X[rows]
@@ -278,8 +291,27 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         self.n_iter_ = int(np.max(model.n_iter_))
         return self
 
+    def _fit_tags(self, X: np.ndarray, y: np.ndarray, rows: np.ndarray | None
+                  ) -> LogisticHead:
+        """One-vs-rest: a binary head per tag column, each with its own C."""
+        if y.shape[0] != (len(X) if rows is None else len(rows)):
+            raise ValueError(f"y has {y.shape[0]} rows, X has {len(X)}")
+        single = [t for t in range(y.shape[1]) if len(np.unique(y[:, t])) < 2]
+        if single:
+            raise ValueError(f"tag column(s) {single} hold a single value in these rows; "
+                             "each tag needs rows with and without it")
+        self.tags_ = [clone(self).set_params(copy=True).fit(X, y[:, t], rows=rows)
+                      for t in range(y.shape[1])]
+        self.classes_ = np.arange(y.shape[1])
+        self.n_features_in_ = X.shape[1]
+        self.C_ = [head.C_ for head in self.tags_]
+        return self
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, (n, len(classes_)), in `classes_` order."""
+        """Class probabilities, (n, len(classes_)), in `classes_` order; for tags, each
+        tag's probability (n, t)."""
+        if getattr(self, "tags_", None):
+            return np.hstack([head.predict_proba(X)[:, 1:] for head in self.tags_])
         X = _check_X(self, X, fitted=True)
 
         def predict(block: np.ndarray) -> np.ndarray:
@@ -334,6 +366,9 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         self.standardize = standardize
         self.seed = seed
 
+    # What this head fits: "classes" or "tags" (from y's shape); DropoutRegressor: "value".
+    _fits_values = False
+
     def _build(self, n_features: int, n_classes: int):
         import keras
 
@@ -345,7 +380,13 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
             x = keras.layers.Rescaling(scale=(1.0 / self.scale_).astype(np.float32),
                                        offset=(-self.mean_ / self.scale_).astype(np.float32))(x)
         x = keras.layers.Dropout(self.dropout, seed=self.seed)(x)
-        if n_classes == 2:
+        if self.target_ == "value":
+            outputs = keras.layers.Dense(1)(x)
+            loss = "mean_squared_error"
+        elif self.target_ == "tags":
+            outputs = keras.layers.Dense(n_classes, activation="sigmoid")(x)
+            loss = "binary_crossentropy"
+        elif n_classes == 2:
             outputs = keras.layers.Dense(1, activation="sigmoid")(x)
             loss = "binary_crossentropy"
         else:
@@ -357,8 +398,33 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
             rate = KERAS2_LEARNING_RATES[self.optimizer]
         optimizer = keras.optimizers.get({"class_name": self.optimizer,
                                           "config": {"learning_rate": float(rate)}})
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        model.compile(optimizer=optimizer, loss=loss,
+                      metrics=[] if self.target_ == "value" else ["accuracy"])
         return model
+
+    def _targets(self, y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(what Keras trains on, the classes to stratify the hold-out by or None)."""
+        if self._fits_values:
+            self.target_ = "value"
+            values = column_or_1d(np.asarray(y, dtype=np.float64), warn=True)
+            if values.shape != (n_rows,):
+                raise ValueError(f"y has shape {values.shape}, but X has {n_rows} rows")
+            # Trained on standardised targets (an output scale near 1 suits the default
+            # learning rates), predicted back in the target's units.
+            self.y_mean_ = float(values.mean())
+            self.y_scale_ = float(values.std()) or 1.0
+            self.classes_ = np.asarray([0])
+            return ((values - self.y_mean_) / self.y_scale_).astype(np.float32), None
+        if _is_tags(y):
+            self.target_ = "tags"
+            tags = np.asarray(y, dtype=np.float32)
+            if tags.shape[0] != n_rows:
+                raise ValueError(f"y has {tags.shape[0]} rows, but X has {n_rows}")
+            self.classes_ = np.arange(tags.shape[1])
+            return tags, None
+        self.target_ = "classes"
+        codes = _encode(self, y, n_rows)
+        return (codes.astype(np.float32) if len(self.classes_) == 2 else codes), codes
 
     def fit(self, X: Any, y: Any, monitor: tuple | None = None,
             rows: Any = None) -> DropoutHead:
@@ -382,14 +448,15 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         # `y`, the validation split and the batch order all work on positions 0..n-1 and
         # map them to rows of X (`index`) only when reading, so fit(X, y, rows=rows)
         # trains exactly as fit(X[rows], y) does.
-        codes = _encode(self, y, len(index))
+        target, codes = self._targets(y, len(index))
         self.n_features_in_ = X.shape[1]
         keras.utils.set_random_seed(int(self.seed))
         fit_pos = np.arange(len(index))
         val_pos = np.zeros(0, dtype=np.int64)
         held_out = math.ceil(self.validation_split * len(fit_pos))
-        if self.validation_split > 0 and (held_out < len(self.classes_)
-                                          or np.bincount(codes).min() < 2):
+        too_few = held_out < 2 if codes is None else (held_out < len(self.classes_)
+                                                      or np.bincount(codes).min() < 2)
+        if self.validation_split > 0 and too_few:
             # Too few rows for a stratified hold-out (tiny data sets, tiny folds): train
             # on every row for the full number of epochs instead of failing.
             logger.warning("%d training rows are too few for a %.0f%% validation split; "
@@ -404,7 +471,6 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         if self.standardize:
             self.mean_, self.scale_ = column_stats(X, index[fit_pos])
         model = self._build(X.shape[1], len(self.classes_))
-        target = codes.astype(np.float32) if len(self.classes_) == 2 else codes
         Batches = _batches_class()
         batches = Batches(X, index[fit_pos], target[fit_pos], int(self.batch_size),
                           int(self.seed))
@@ -417,7 +483,7 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
                 callbacks.append(keras.callbacks.EarlyStopping(
                     monitor="val_loss", patience=int(self.early_stopping),
                     restore_best_weights=True))
-        elif monitor is not None:
+        elif monitor is not None and self.target_ == "classes":
             callbacks.append(_Monitor(self, *monitor))
         try:
             history = model.fit(batches, validation_data=validation, epochs=int(self.epochs),
@@ -450,6 +516,10 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
 
         def predict(block: np.ndarray) -> np.ndarray:
             logits = block.astype(np.float64) @ weights + bias
+            if self.target_ == "value":
+                return logits * self.y_scale_ + self.y_mean_
+            if self.target_ == "tags":
+                return expit(logits)
             if logits.shape[1] == 1:
                 positive = expit(logits)
                 return np.hstack([1.0 - positive, positive])
@@ -461,6 +531,73 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         """The most probable class of each row."""
         proba = self.predict_proba(X)  # first: an unfitted head raises NotFittedError
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+class DropoutRegressor(RegressorMixin, DropoutHead):
+    """The dropout head with a linear output trained on squared error: regression targets
+    and ordinal grades (which the ensembles stage then cuts into grades). Same parameters
+    as DropoutHead; `predict(X)` returns the values (n,)."""
+
+    _fits_values = True
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The predicted value of each row."""
+        return self.predict_proba(X)[:, 0]
+
+
+# A ridge penalty grid wide enough for 2,000 to 6,144 standardised GAP columns.
+DEFAULT_ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+class RidgeHead(RegressorMixin, BaseEstimator):
+    """Ridge regression on standardised features, the penalty chosen by scikit-learn's
+    efficient leave-one-out CV (`RidgeCV`) on the training rows only: the linear model
+    for regression targets and ordinal grades, as logistic regression is for classes.
+
+    Args:
+        alpha: The penalty, or a list of them to choose from.
+    """
+
+    def __init__(self, alpha: float | list[float] | tuple[float, ...] = DEFAULT_ALPHAS):
+        self.alpha = alpha
+
+    def fit(self, X: Any, y: Any, rows: Any = None) -> RidgeHead:
+        """Fit on `X` (n, d) (or `X[rows]`) and values `y` (n,); returns self."""
+        from sklearn.linear_model import RidgeCV
+
+        check_params(HEADS["ridge"].params, self.get_params(), where=type(self).__name__,
+                     error=ValueError)
+        X = _check_X(self, X, fitted=False)
+        rows = _check_rows(X, rows)
+        X = X if rows is None else X[rows]
+        y = column_or_1d(np.asarray(y, dtype=np.float64), warn=True)
+        if y.shape != (len(X),):
+            raise ValueError(f"y has shape {y.shape}, but X has {len(X)} rows")
+        self.n_features_in_ = X.shape[1]
+        self.mean_, self.scale_ = column_stats(X)
+        alphas = self.alpha if isinstance(self.alpha, (list, tuple)) else [self.alpha]
+        self.model_ = RidgeCV(alphas=[float(a) for a in alphas])
+        self.model_.fit((X - self.mean_) / self.scale_, y)
+        self.alpha_ = float(self.model_.alpha_)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The predicted value of each row."""
+        X = _check_X(self, X, fitted=True)
+        # In float64, as DropoutHead predicts: a row's value must not depend on the rows
+        # batched with it (a float32 product rounds by position).
+        weights = np.asarray(self.model_.coef_, np.float64) / self.scale_.astype(np.float64)
+        bias = float(self.model_.intercept_) - float(self.mean_.astype(np.float64) @ weights)
+        return _chunked(X, lambda block: (block.astype(np.float64) @ weights
+                                          + bias)[:, None])[:, 0]
+
+
+def outputs(head: BaseEstimator, X: Any) -> np.ndarray:
+    """What a fitted head predicts, as an (n, k) float64 matrix: class (or tag)
+    probabilities, or for a regressor one column of values."""
+    if is_regressor(head):
+        return np.asarray(head.predict(X), dtype=np.float64).reshape(-1, 1)
+    return head.predict_proba(X)
 
 
 def _inference_map(model: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -568,18 +705,27 @@ def _C_values(value: Any) -> bool:
     return len(values) > 0 and all(positive_number().test(c) for c in values)
 
 
+TARGETS = ("classes", "tags", "value")
+
+
 @dataclass(frozen=True)
 class HeadKind:
-    """One registry entry: the estimator class and the schema of its parameters."""
+    """One registry entry: the estimator class for each target it fits (see
+    CompetitionSpec.target) and the schema of its parameters."""
 
     name: str
-    estimator: type[BaseEstimator]
+    estimators: dict[str, type[BaseEstimator]]
     params: dict[str, Param]
     description: str
 
+    @property
+    def estimator(self) -> type[BaseEstimator]:
+        """The estimator class for its first target (for defaults and checks)."""
+        return next(iter(self.estimators.values()))
+
 
 HEADS: dict[str, HeadKind] = {head.name: head for head in (
-    HeadKind("logreg", LogisticHead, {
+    HeadKind("logreg", {"classes": LogisticHead, "tags": LogisticHead}, {
         "C": Param(_C_values, "a positive number or a non-empty list of them"),
         "scale": one_of(SCALES),
         "C_rule": one_of(C_RULES),
@@ -589,8 +735,15 @@ HEADS: dict[str, HeadKind] = {head.name: head for head in (
         "tol": positive_number(),
         "copy": boolean(),
         "seed": integer(),
-    }, "scikit-learn logistic regression, C chosen by inner CV"),
-    HeadKind("dropout", DropoutHead, {
+    }, "scikit-learn logistic regression, C chosen by inner CV (one per tag for tags)"),
+    HeadKind("ridge", {"value": RidgeHead}, {
+        "alpha": Param(lambda v: all(positive_number().test(a) for a in
+                                     (v if isinstance(v, (list, tuple)) else [v]))
+                       and (not isinstance(v, (list, tuple)) or len(v) > 0),
+                       "a positive number or a non-empty list of them"),
+    }, "scikit-learn ridge regression, the penalty chosen by leave-one-out CV (values)"),
+    HeadKind("dropout", {"classes": DropoutHead, "tags": DropoutHead,
+                         "value": DropoutRegressor}, {
         "dropout": fraction(),
         "epochs": positive_int(),
         "optimizer": one_of(KERAS2_LEARNING_RATES),
@@ -602,7 +755,7 @@ HEADS: dict[str, HeadKind] = {head.name: head for head in (
                                 "a patience in epochs (0 = off)"),
         "standardize": boolean(),
         "seed": integer(),
-    }, "Keras Dropout -> Dense(sigmoid/softmax), the seed recipe's head"),
+    }, "Keras Dropout -> Dense(sigmoid/softmax; linear for values), the seed recipe's head"),
 )}
 
 
@@ -638,13 +791,30 @@ def head_params(head: str, params: Mapping[str, Any], *, ensemble: str,
     return own
 
 
+def check_target(head: str, target: str, *, ensemble: str) -> None:
+    """Raises HarnessError when head `head` cannot fit `target` (naming the heads that can)."""
+    kind = get_head(head, ensemble=ensemble)
+    if target not in kind.estimators:
+        able = [h.name for h in HEADS.values() if target in h.estimators]
+        raise HarnessError(f"ensemble {ensemble!r}: head {head!r} cannot fit this "
+                           f"competition's {target} target; use {' or '.join(able)}")
+
+
+def linear_head(target: str) -> str:
+    """The registry's linear head for `target`: logreg for classes and tags, ridge for
+    values (the default ensembles use it)."""
+    return "ridge" if target == "value" else "logreg"
+
+
 def make_head(head: str, params: Mapping[str, Any], *, ensemble: str,
-              also: Mapping[str, Any] = ()) -> BaseEstimator:
-    """A fresh, unfitted head of kind `head` (a HEADS name) with `params` (keys in `also`
-    belong to another part of the run and are skipped, as in `head_params`).
+              also: Mapping[str, Any] = (), target: str = "classes") -> BaseEstimator:
+    """A fresh, unfitted head of kind `head` (a HEADS name) for `target` with `params`
+    (keys in `also` belong to another part of the run and are skipped, as in `head_params`).
 
     Raises:
-        HarnessError: unknown head, unknown parameter or bad value, naming `ensemble`.
+        HarnessError: unknown head, one that cannot fit `target`, unknown parameter or bad
+            value, naming `ensemble`.
     """
     own = head_params(head, params, ensemble=ensemble, also=also)
-    return HEADS[head].estimator(**own)
+    check_target(head, target, ensemble=ensemble)
+    return HEADS[head].estimators[target](**own)

@@ -49,16 +49,17 @@ def resolve_preset(ensemble: EnsembleConfig) -> EnsembleConfig:
                                head=ensemble.head or preset.head)
 
 
-def default_ensembles(backbones: tuple[str, ...], tta: str = "none") -> dict[str, EnsembleConfig]:
-    """One logistic regression per backbone; with several backbones, also all of them
-    concatenated with logistic regression and with the dropout head; and `seed004` when
-    its three backbones are all present."""
-    ensembles = {f"{b}-logreg": EnsembleConfig(f"{b}-logreg", (b,), "logreg", {}, tta)
+def default_ensembles(backbones: tuple[str, ...], tta: str = "none",
+                      linear: str = "logreg") -> dict[str, EnsembleConfig]:
+    """One linear head (`linear`: logreg, or ridge for value targets) per backbone; with
+    several backbones, also all of them concatenated with the linear head and with the
+    dropout head; and `seed004` when its three backbones are all present."""
+    ensembles = {f"{b}-{linear}": EnsembleConfig(f"{b}-{linear}", (b,), linear, {}, tta)
                  for b in backbones}
     if len(backbones) > 1:
         n = len(backbones)
-        ensembles[f"all{n}-logreg"] = EnsembleConfig(f"all{n}-logreg", tuple(backbones),
-                                                     "logreg", {}, tta)
+        ensembles[f"all{n}-{linear}"] = EnsembleConfig(f"all{n}-{linear}", tuple(backbones),
+                                                       linear, {}, tta)
         ensembles[f"all{n}-dropout"] = EnsembleConfig(
             f"all{n}-dropout", tuple(backbones), "dropout", {}, tta)
     if set(SEED_BACKBONES) <= set(backbones):

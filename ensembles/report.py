@@ -17,7 +17,8 @@ from ensembles.select import rank, uncertainties
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["name", "kind", "backbones", "head", "cv_log_loss", "cv_log_loss_std",
+COLUMNS = ["name", "kind", "backbones", "head", "metric", "cv_score", "cv_log_loss",
+           "cv_log_loss_std",
            "cv_log_loss_clipped", "cv_se", "vs_best", "vs_best_se", "within_noise",
            "cv_accuracy", "clip", "fit_seconds", "reused"]
 # How many decimals each float column prints with (the rest: 4).
@@ -25,15 +26,17 @@ DECIMALS = {"fit_seconds": 1}
 
 
 def report_table(results: Sequence[EnsembleResult]) -> pd.DataFrame:
-    """One row per result, best CV score first (clipped log loss ascending, or accuracy
-    descending for accuracy competitions), with each score's uncertainty: fold standard
-    deviation, standard error, the paired difference to the best and its standard error,
-    and `within_noise` where that difference is within one standard error."""
+    """One row per result, best CV score first (`cv_score`: the competition's metric on
+    the out-of-fold submitted values, in its direction), with each score's uncertainty:
+    fold standard deviation, standard error, the paired difference to the best (in the
+    metric's per-row loss) and its standard error, and `within_noise` where that difference
+    is within one standard error. Log loss and accuracy columns are NaN for tag and value
+    targets."""
     results = rank(results)
     noise = uncertainties(results)
     rows = [{
         "name": r.name, "kind": r.kind, "backbones": "+".join(r.backbones), "head": r.head,
-        "cv_log_loss": r.cv_log_loss, "cv_log_loss_std": r.cv_log_loss_std,
+        "metric": r.metric, "cv_score": r.cv_score, "cv_log_loss": r.cv_log_loss, "cv_log_loss_std": r.cv_log_loss_std,
         "cv_log_loss_clipped": r.cv_log_loss_clipped, "cv_se": noise[r.name].se,
         "vs_best": noise[r.name].vs_best, "vs_best_se": noise[r.name].vs_best_se,
         "within_noise": noise[r.name].within_noise, "cv_accuracy": r.cv_accuracy,
@@ -102,6 +105,14 @@ def plot_history(result: EnsembleResult, path: Path) -> Path | None:
     return path
 
 
+def has_class_probabilities(result: EnsembleResult) -> bool:
+    """Whether `result` predicts class probabilities (what reliability diagrams and the
+    log-loss contact sheet are about), not tags or values."""
+    labels = np.asarray(result.oof_labels)
+    return labels.ndim == 1 and labels.dtype.kind in "iu" \
+        and result.oof_proba.shape[1] == len(result.classes)
+
+
 def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path:
     """Out-of-fold reliability diagram: predicted probability vs observed frequency
     (binary: the positive class; multiclass: the top class's confidence vs correctness)."""
@@ -163,13 +174,14 @@ def write_report(results: Sequence[EnsembleResult], ensembles_dir: Path,
     paths["markdown"] = md_path
     for result in results:
         base = _safe(result.name)
-        paths[f"{result.name}-reliability"] = plot_reliability(
-            result, plots / f"{base}-reliability.png")
+        if has_class_probabilities(result):
+            paths[f"{result.name}-reliability"] = plot_reliability(
+                result, plots / f"{base}-reliability.png")
         history = plot_history(result, plots / f"{base}-history.png")
         if history:
             paths[f"{result.name}-history"] = history
-    if image_paths and results:
-        best = next(r for r in results if r.name == table["name"].iloc[0])
+    best = next((r for r in results if r.name == table["name"].iloc[0]), None)
+    if image_paths and best is not None and has_class_probabilities(best):
         sheet = write_contact_sheet(best, image_paths, plots / f"costliest-{_safe(best.name)}.png")
         if sheet:
             paths["contact_sheet"] = sheet

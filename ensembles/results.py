@@ -2,13 +2,17 @@
 
 Layout:
     /oof/ids     (n,) str      training ids
-    /oof/proba   (n, k) f64    out-of-fold probabilities, columns in `classes` order
-    /oof/labels  (n,) int64    true class indices
+    /oof/proba   (n, k) f64    out-of-fold predictions: probabilities, columns in `classes`
+                               order (tags: one per tag; values: one column)
+    /oof/labels  (n,) int64    true class indices ((n, t) int64 tags, (n,) f64 values)
+    /oof/submitted             out-of-fold submitted values (competition.metrics' forms),
+                               decided out of fold (ensembles.decide)
     /oof/folds   (n,) int64    the fold each row was held out in
     /test/ids    (m,) str
     /test/proba  (m, k) f64    UNCLIPPED test probabilities (the submission writer clips)
     /test/failed (m,) bool     test images that could not be read (they get the class prior)
-Root attributes: name, kind, backbones, head, metric, scores, clip (JSON, null = none),
+Root attributes: name, kind, backbones, head, metric, scores (cv_metric: the competition's
+metric out of fold), decision (JSON: kind and test parameters), clip (JSON, null = none),
 classes (JSON), fit_seconds, params (JSON), histories (JSON), key (what the predictions
 depend on: features, parameters, folds), complete.
 
@@ -26,7 +30,6 @@ import numpy as np
 
 from base.atomic import atomic_path
 from base.errors import HarnessError
-from competition.metrics import get_metric
 
 STRING = h5py.string_dtype()
 
@@ -35,9 +38,13 @@ STRING = h5py.string_dtype()
 class EnsembleResult:
     """Out-of-fold and test predictions of one ensemble or blend, with its CV scores.
 
-    `oof_proba` and `test_proba` have one column per class in `classes` order;
-    `test_proba` is unclipped and `clip` is the bounds to apply (None: no clipping).
-    `cv_log_loss_clipped` is the out-of-fold log loss after applying `clip`.
+    `oof_proba` and `test_proba` have one column per class in `classes` order (per tag;
+    one value column for value targets); `test_proba` is unclipped and `clip` is the
+    bounds to apply (None: no clipping). `cv_metric` is the competition's metric on
+    `oof_submitted`, the out-of-fold values a submission would hold (decided out of fold);
+    `decision` turns test predictions into submitted values (ensembles.decide).
+    `cv_log_loss_clipped` is the out-of-fold log loss after applying `clip`; the log loss
+    and accuracy fields are NaN for tag and value targets.
     """
 
     name: str
@@ -64,11 +71,14 @@ class EnsembleResult:
     params: dict = field(default_factory=dict)
     histories: list = field(default_factory=list)
     key: str = ""
+    cv_metric: float = float("nan")
+    oof_submitted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    decision: dict = field(default_factory=lambda: {"kind": "clip", "params": {}})
 
     @property
     def cv_score(self) -> float:
-        """The competition's metric out of fold (its registry entry's `cv_field`)."""
-        return float(getattr(self, get_metric(self.metric).cv_field))
+        """The competition's metric out of fold, on the values a submission would hold."""
+        return float(self.cv_metric)
 
 
 def result_path(ensembles_dir: Path, name: str) -> Path:
@@ -83,7 +93,10 @@ def save_result(ensembles_dir: Path, result: EnsembleResult) -> Path:
         oof = f.create_group("oof")
         oof.create_dataset("ids", data=np.asarray(result.oof_ids, dtype=object), dtype=STRING)
         oof.create_dataset("proba", data=result.oof_proba)
-        oof.create_dataset("labels", data=result.oof_labels.astype(np.int64))
+        labels = np.asarray(result.oof_labels)
+        oof.create_dataset("labels", data=labels if labels.dtype.kind == "f"
+                           else labels.astype(np.int64))
+        oof.create_dataset("submitted", data=np.asarray(result.oof_submitted))
         oof.create_dataset("folds", data=result.folds.astype(np.int64))
         test = f.create_group("test")
         test.create_dataset("ids", data=np.asarray(result.test_ids, dtype=object),
@@ -98,6 +111,7 @@ def save_result(ensembles_dir: Path, result: EnsembleResult) -> Path:
             "cv_log_loss_std": result.cv_log_loss_std,
             "cv_log_loss_clipped": result.cv_log_loss_clipped,
             "cv_accuracy": result.cv_accuracy, "cv_accuracy_std": result.cv_accuracy_std,
+            "cv_metric": result.cv_metric, "decision": json.dumps(result.decision),
             "fit_seconds": result.fit_seconds, "key": result.key,
             "backbones": json.dumps(list(result.backbones)),
             "classes": json.dumps(list(result.classes)),
@@ -140,6 +154,9 @@ def load_result(ensembles_dir: Path, name: str) -> EnsembleResult:
                            f"`harness ensembles` first (saved: {', '.join(known) or 'none'})")
     with h5py.File(path, "r") as f:
         a = f.attrs
+        if "cv_metric" not in a:
+            raise HarnessError(f"{path} was saved by an older harness (no cv_metric); rerun "
+                               "`harness ensembles` to refit it")
         clip = json.loads(a["clip"])
         return EnsembleResult(
             name=str(a["name"]), kind=str(a["kind"]),
@@ -156,5 +173,6 @@ def load_result(ensembles_dir: Path, name: str) -> EnsembleResult:
             test_ids=_strings(f["test/ids"]), test_proba=f["test/proba"][()],
             test_failed=f["test/failed"][()].astype(bool),
             params=json.loads(a["params"]), histories=json.loads(a["histories"]),
-            key=str(a["key"]),
+            key=str(a["key"]), cv_metric=float(a["cv_metric"]),
+            oof_submitted=f["oof/submitted"][()], decision=json.loads(a["decision"]),
         )

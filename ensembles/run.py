@@ -26,12 +26,13 @@ from sklearn.base import clone
 from tqdm import tqdm
 
 from base.errors import HarnessError
-from competition.images import list_train_images
+from competition.images import list_train_images, train_groups
 from ensembles import cv
 from ensembles.blend import blend, check_blend_params
 from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
-from ensembles.heads import head_params, make_head
+from ensembles.decide import decide
+from ensembles.heads import check_target, head_params, linear_head, make_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.report import report_table, write_report
 from ensembles.results import EnsembleResult, load_result, save_result, saved_key
@@ -47,7 +48,7 @@ from features.backbones import get_backbone
 logger = logging.getLogger(__name__)
 
 # Bump when a change in this stage changes predictions, so old results are not reused.
-ALGORITHM_VERSION = 2
+ALGORITHM_VERSION = 3
 
 
 def _ensemble_options(config: EnsemblesRun, ens: EnsembleConfig) -> RunOptions:
@@ -71,8 +72,15 @@ def _clip_for(config: EnsemblesRun, options: RunOptions, labels: np.ndarray,
     return options.clip
 
 
-def _check_classes(matrix: FeatureMatrix, name: str) -> None:
-    counts = np.bincount(matrix.labels, minlength=len(matrix.classes))
+def _check_classes(matrix: FeatureMatrix, target: str, name: str) -> None:
+    if target != "classes":
+        return  # tags and values: checked when the image list was read
+    labels = np.asarray(matrix.labels)
+    if labels.ndim != 1 or (labels.dtype.kind == "f" and not np.all(labels == np.round(labels))):
+        raise HarnessError(f"ensemble {name!r}: the training labels are not class indices; "
+                           "rerun `harness features --force`")
+    labels = matrix.labels = labels.astype(np.int64)
+    counts = np.bincount(labels, minlength=len(matrix.classes))
     if np.count_nonzero(counts) < 2:
         raise HarnessError(f"ensemble {name!r}: the training set has a single class "
                            f"({len(matrix.labels)} rows); a classifier needs at least two")
@@ -84,9 +92,15 @@ def _check_classes(matrix: FeatureMatrix, name: str) -> None:
 
 def _prior_for_failed(failed: np.ndarray, proba: np.ndarray, labels: np.ndarray,
                       n_classes: int, name: str) -> np.ndarray:
-    """Test rows whose image failed get the training-class prior instead of a guess."""
+    """Test rows whose image failed get the training prior instead of a guess: the class
+    shares, each tag's share, or the mean value."""
     if failed.any():
-        prior = np.bincount(labels, minlength=n_classes) / len(labels)
+        labels = np.asarray(labels)
+        if proba.shape[1] != n_classes or labels.ndim == 2 or labels.dtype.kind == "f":
+            prior = labels.mean(axis=0) if labels.ndim == 2 else np.full(proba.shape[1],
+                                                                          labels.mean())
+        else:
+            prior = np.bincount(labels, minlength=n_classes) / len(labels)
         proba[failed] = prior
         logger.warning("%s: %d test images could not be read; they get the training class "
                        "prior %s", name, int(failed.sum()), np.round(prior, 4).tolist())
@@ -109,17 +123,72 @@ def _without_excluded(train: FeatureMatrix, exclude: tuple[str, ...],
                                labels=train.labels[keep], failed=train.failed[keep])
 
 
+def _outputs(config: EnsemblesRun, classes: tuple[str, ...]) -> int:
+    """Columns of a head's predictions: one per class or tag, one for a value."""
+    return 1 if config.spec.target == "value" else len(classes)
+
+
+def _folds(config: EnsemblesRun, train: FeatureMatrix, name: str) -> np.ndarray:
+    """The run's folds for these training rows, grouped when [cv] group_column is set."""
+    groups = None
+    if config.cv.group_column:
+        images = list_train_images(config.spec, config.data_dir)
+        by_id = dict(zip(images.ids, train_groups(config.spec, config.data_dir,
+                                                  config.cv.group_column, images)))
+        groups = np.asarray([by_id[i] for i in train.ids], dtype=object)
+    return cv.make_folds(train.ids, train.labels, config.cv.folds, config.cv.seed,
+                         what=f"ensemble {name!r}: training set", groups=groups)
+
+
+def _fold_score(metric, labels: np.ndarray, submitted: np.ndarray) -> float:
+    try:
+        return float(metric.score(labels, submitted))
+    except ValueError:  # e.g. AUC of a fold holding one class: undefined, not an error
+        return float("nan")
+
+
+def _scores(config: EnsemblesRun, options: RunOptions, labels: np.ndarray, oof: np.ndarray,
+            folds: np.ndarray, n_classes: int) -> dict:
+    """Every EnsembleResult score field of out-of-fold predictions `oof`: the clip bounds,
+    the submitted values decided out of fold and the competition's metric on them, and
+    for class targets log loss and accuracy, overall and per fold."""
+    spec = config.spec
+    metric = spec.scorer
+    clip = _clip_for(config, options, labels, oof)
+    submitted, decision = decide(metric, spec.target, labels, oof, folds, n_classes, clip)
+    fold_ids = np.unique(folds)
+    fold_scores = [_fold_score(metric, labels[folds == f], submitted[folds == f])
+                   for f in fold_ids]
+    nan = float("nan")
+    scores = {"clip": clip, "cv_metric": float(metric.score(labels, submitted)),
+              "oof_submitted": submitted,
+              "decision": {"kind": decision.kind, "params": decision.params},
+              "cv_log_loss": nan, "cv_log_loss_std": nan, "cv_log_loss_clipped": nan,
+              "cv_accuracy": nan, "cv_accuracy_std": nan}
+    extra = {"fold_scores": fold_scores}
+    if spec.target == "classes":
+        fold_ll = [cv.log_loss(labels[folds == f], oof[folds == f]) for f in fold_ids]
+        fold_acc = [cv.accuracy(labels[folds == f], oof[folds == f]) for f in fold_ids]
+        scores.update(cv_log_loss=cv.log_loss(labels, oof),
+                      cv_log_loss_std=float(np.std(fold_ll)),
+                      cv_log_loss_clipped=cv.log_loss(labels, cv.apply_clip(oof, clip)),
+                      cv_accuracy=cv.accuracy(labels, oof),
+                      cv_accuracy_std=float(np.std(fold_acc)))
+        extra["fold_log_loss"] = fold_ll
+    return {"scores": scores, "params": extra}
+
+
 def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions, key: str,
                   progress: bool) -> EnsembleResult:
     start = time.perf_counter()
     features_dir = config.workspace.features_dir
     train = load_matrix(features_dir, ens.backbones, ens.tta, "train", ensemble=ens.name)
     train = _without_excluded(train, config.cv.exclude_ids, ens.name)
-    _check_classes(train, ens.name)
-    k = len(train.classes)
-    folds = cv.make_folds(train.ids, train.labels, config.cv.folds, config.cv.seed,
-                          what=f"ensemble {ens.name!r}: training set")
-    head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS)
+    _check_classes(train, config.spec.target, ens.name)
+    k = _outputs(config, train.classes)
+    folds = _folds(config, train, ens.name)
+    head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS,
+                     target=config.spec.target)
     fold_mean = config.cv.test_predictions == "fold-mean"
     test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
         if fold_mean else None
@@ -135,27 +204,24 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
         model.fit(train.X, train.labels)
         train.X = None  # free the training matrix before the test one is read
         test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name)
-        test_proba = model.predict_proba(test.X)
+        test_proba = cv.predict_rows(model, test.X, np.arange(len(test.X)))
     oof, test_proba, calibrated = calibrate(options.calibrate, out.oof, test_proba,
                                             train.labels, folds)
     test_proba = _prior_for_failed(test.failed, test_proba, train.labels, k, ens.name)
-    clip = _clip_for(config, options, train.labels, oof)
-    fold_ll = [cv.log_loss(train.labels[folds == f], oof[folds == f])
-               for f in range(config.cv.folds)]
-    fitted = {"C_chosen": getattr(model, "C_", None)} if not fold_mean else {}
+    scored = _scores(config, options, train.labels, oof, folds, len(train.classes))
+    fitted = {}
+    if not fold_mean:
+        for attribute, name in (("C_", "C_chosen"), ("alpha_", "alpha_chosen")):
+            if getattr(model, attribute, None) is not None:
+                fitted[name] = getattr(model, attribute)
     return EnsembleResult(
         name=ens.name, kind="ensemble", backbones=tuple(ens.backbones), head=ens.head,
-        metric=config.spec.metric, cv_log_loss=cv.log_loss(train.labels, oof),
-        cv_log_loss_std=float(np.std(fold_ll)),
-        cv_log_loss_clipped=cv.log_loss(train.labels, cv.apply_clip(oof, clip)),
-        cv_accuracy=cv.accuracy(train.labels, oof),
-        cv_accuracy_std=float(np.std(out.fold_accuracy)),
-        clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
+        metric=config.spec.metric, **scored["scores"],
+        fit_seconds=time.perf_counter() - start, reused=False,
         classes=tuple(train.classes), oof_ids=train.ids, oof_proba=oof,
         oof_labels=train.labels, folds=folds, test_ids=test.ids, test_proba=test_proba,
         test_failed=test.failed,
-        params={**ens.params, "tta": ens.tta, "fold_log_loss": fold_ll, **calibrated,
-                **{k: v for k, v in fitted.items() if v is not None}},
+        params={**ens.params, "tta": ens.tta, **scored["params"], **calibrated, **fitted},
         histories=[h for h in out.histories if h], key=key,
     )
 
@@ -192,24 +258,20 @@ def _fit_blend(config: EnsemblesRun, spec: BlendConfig, members: list[EnsembleRe
     members = [first] + [_align(m, first, spec.name) for m in members[1:]]
     labels, folds = first.oof_labels, first.folds
     oof, test, info = blend(spec.method, spec.params, [m.oof_proba for m in members],
-                            [m.test_proba for m in members], labels, folds)
+                            [m.test_proba for m in members], labels, folds,
+                            target=config.spec.target)
     failed = np.logical_or.reduce([m.test_failed for m in members])
     test = _prior_for_failed(failed, test, labels, len(first.classes), spec.name)
-    fold_ll = [cv.log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
-    fold_acc = [cv.accuracy(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
-    clip = _clip_for(config, options, labels, oof)
+    scored = _scores(config, options, labels, oof, folds, len(first.classes))
     backbones = tuple(dict.fromkeys(b for m in members for b in m.backbones))
     return EnsembleResult(
         name=spec.name, kind="blend", backbones=backbones, head=f"blend:{spec.method}",
-        metric=config.spec.metric, cv_log_loss=cv.log_loss(labels, oof),
-        cv_log_loss_std=float(np.std(fold_ll)),
-        cv_log_loss_clipped=cv.log_loss(labels, cv.apply_clip(oof, clip)),
-        cv_accuracy=cv.accuracy(labels, oof), cv_accuracy_std=float(np.std(fold_acc)),
-        clip=clip, fit_seconds=time.perf_counter() - start, reused=False,
+        metric=config.spec.metric, **scored["scores"],
+        fit_seconds=time.perf_counter() - start, reused=False,
         classes=first.classes, oof_ids=first.oof_ids, oof_proba=oof, oof_labels=labels,
         folds=folds, test_ids=first.test_ids, test_proba=test, test_failed=failed,
-        params={**spec.params, "members": list(spec.members), **info,
-                "fold_log_loss": fold_ll}, key=key,
+        params={**spec.params, "members": list(spec.members), **info, **scored["params"]},
+        key=key,
     )
 
 
@@ -278,7 +340,8 @@ def _train_image_paths(config: EnsemblesRun) -> dict[str, Path]:
 def configured_ensembles(config: EnsemblesRun) -> dict[str, EnsembleConfig]:
     """The config's ensembles with presets resolved, or the default set when it has none."""
     source = config.ensembles or default_ensembles(config.features.backbones,
-                                                   config.features.tta)
+                                                   config.features.tta,
+                                                   linear=linear_head(config.spec.target))
     return {name: resolve_preset(e) for name, e in source.items()}
 
 
@@ -314,10 +377,16 @@ def check_ensembles(config: EnsemblesRun, names: Sequence[str] | None = None
             except HarnessError as exc:
                 raise HarnessError(f"ensemble {name!r}: {exc}") from None
         head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
-        _ensemble_options(config, ens)
+        check_target(ens.head, config.spec.target, ensemble=name)
+        if _ensemble_options(config, ens).calibrate != "none" \
+                and config.spec.target != "classes":
+            raise HarnessError(f"ensemble {name!r}: calibrate applies to class "
+                               f"probabilities; this competition's target is "
+                               f"{config.spec.target}: remove it")
     for name in wanted_b:
         spec = blends[name]
-        check_blend_params(name, spec.method, spec.params, also=BLEND_RUN_PARAMS)
+        check_blend_params(name, spec.method, spec.params, also=BLEND_RUN_PARAMS,
+                           target=config.spec.target)
         _blend_options(config, spec)
     return ensembles, blends, wanted_e, order_b
 
@@ -373,6 +442,8 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
                 "test_predictions": config.cv.test_predictions}
     if config.cv.exclude_ids:
         folds_id["exclude_ids"] = list(config.cv.exclude_ids)
+    if config.cv.group_column:
+        folds_id["group_column"] = config.cv.group_column
     for name in run_e:
         ens = ensembles[name]
         own = head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
@@ -382,6 +453,7 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
         keys[name] = digest({"v": ALGORITHM_VERSION, "features": identity, "head": ens.head,
                              "params": own, "tta": ens.tta, "cv": folds_id,
                              "clip": options[name].clip, "metric": config.spec.metric,
+                             "task": config.spec.task,
                              "clip_prior": options[name].clip_prior,
                              "calibrate": options[name].calibrate})
     for name in run_b:
@@ -407,8 +479,7 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
             result = _fit_blend(config, blends[name], members, options[name], keys[name])
         save_result(out_dir, result)
         results[name] = result
-        logger.info("%s: CV log loss %.4f (clipped %.4f), accuracy %.4f, %.1f s", name,
-                    result.cv_log_loss, result.cv_log_loss_clipped, result.cv_accuracy,
+        logger.info("%s: CV %s %.4f, %.1f s", name, config.spec.metric, result.cv_score,
                     result.fit_seconds)
     ordered = list(results.values())
     table = report_table(ordered)

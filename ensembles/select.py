@@ -48,10 +48,13 @@ class Uncertainty:
     within_noise: bool
 
 
-def _row_losses(result: EnsembleResult) -> np.ndarray:
-    """Per-row out-of-fold loss of the submitted probabilities (clipped as submitted)."""
-    proba = apply_clip(result.oof_proba, result.clip)
-    return get_metric(result.metric).row_loss(result.oof_labels, proba)
+def _row_losses(result: EnsembleResult) -> np.ndarray | None:
+    """Per-row out-of-fold loss of the submitted values (None: the metric does not split
+    into rows)."""
+    row_loss = get_metric(result.metric).row_loss
+    if row_loss is None:
+        return None
+    return row_loss(result.oof_labels, result.oof_submitted)
 
 
 def _aligned_losses(results: Sequence[EnsembleResult]) -> list[np.ndarray]:
@@ -75,17 +78,22 @@ def rank(results: Sequence[EnsembleResult]) -> list[EnsembleResult]:
     higher_better = get_metric(results[0].metric).higher_is_better
     # Ties (common with accuracy on small sets) go to the lower log loss, then the name.
     return sorted(results, key=lambda r: (-r.cv_score if higher_better else r.cv_score,
-                                          r.cv_log_loss, r.name))
+                                          0.0 if np.isnan(r.cv_log_loss) else r.cv_log_loss,
+                                          r.name))
 
 
 def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
     """Fold std, standard error and the paired difference to the best, per result name.
 
     Results over different training rows (not comparable row by row) get no pairing:
-    their `vs_best_se` is NaN and they are not marked within noise.
+    their `vs_best_se` is NaN and they are not marked within noise; neither are results
+    of a metric that does not split into rows (kappa, F2: only their fold spread is known).
     """
     if not results:
         return {}
+    if get_metric(results[0].metric).row_loss is None:
+        nan = float("nan")
+        return {r.name: Uncertainty(_fold_std(r), nan, nan, nan, False) for r in results}
     comparable = [r for r in results if len(r.oof_ids) == len(results[0].oof_ids)
                   and set(r.oof_ids) == set(results[0].oof_ids)]
     losses = dict(zip((r.name for r in comparable), _aligned_losses(comparable)))
@@ -93,8 +101,7 @@ def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
     best = min(means, key=means.get) if means else None
     out = {}
     for result in results:
-        folds = result.params.get("fold_log_loss") or []
-        fold_std = float(np.std(folds)) if len(folds) else float("nan")
+        fold_std = _fold_std(result)
         if result.name not in losses:
             out[result.name] = Uncertainty(fold_std, float("nan"), float("nan"),
                                            float("nan"), False)
@@ -106,6 +113,12 @@ def uncertainties(results: Sequence[EnsembleResult]) -> dict[str, Uncertainty]:
         out[result.name] = Uncertainty(fold_std, se, float(diff.mean()), diff_se,
                                        float(diff.mean()) <= NOISE_SE * diff_se)
     return out
+
+
+def _fold_std(result: EnsembleResult) -> float:
+    """The spread of the per-fold scores (log loss where known, else the metric)."""
+    folds = result.params.get("fold_log_loss") or result.params.get("fold_scores") or []
+    return float(np.nanstd(folds)) if len(folds) else float("nan")
 
 
 def _confidence(result: EnsembleResult) -> float:
@@ -138,8 +151,10 @@ def mean_of(results: Sequence[EnsembleResult], name: str) -> EnsembleResult:
     clip = None if any(r.clip is None for r in results) else choose_clip(labels, oof)
     folds = first.folds
     fold_ll = [log_loss(labels[folds == f], oof[folds == f]) for f in np.unique(folds)]
+    submitted = apply_clip(oof, clip)
     return dataclasses.replace(
         first, name=name, kind="blend", head="blend:mean",
+        cv_metric=get_metric(first.metric).score(labels, submitted), oof_submitted=submitted,
         backbones=tuple(dict.fromkeys(b for r in results for b in r.backbones)),
         cv_log_loss=log_loss(labels, oof), cv_log_loss_std=float(np.std(fold_ll)),
         cv_log_loss_clipped=log_loss(labels, apply_clip(oof, clip)),
@@ -170,10 +185,10 @@ def choose_submission(results: Sequence[EnsembleResult],
         raise ValueError("no results to choose from")
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
-    higher_better = get_metric(results[0].metric).higher_is_better
     ranked = rank(results)
     best = ranked[0]
-    if rule == "lowest-cv" or higher_better:
+    if rule == "lowest-cv" or not get_metric(results[0].metric).clips:
+        # The within-noise rules weigh how sure probabilities are: log loss only.
         return best, f"best CV score ({best.cv_score:.4f})"
     noise = uncertainties(ranked)
     equals = [r for r in ranked if noise[r.name].within_noise]

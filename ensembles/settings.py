@@ -59,6 +59,8 @@ class CVConfig:
     test_predictions: str = "refit"
     # Training ids left out of fitting (e.g. mislabelled photos seen on the contact sheet).
     exclude_ids: tuple[str, ...] = ()
+    # A labels-CSV column whose rows sharing a value (a driver, a patient) stay in one fold.
+    group_column: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,14 +153,19 @@ def _exclude_ids(raw: dict, source: Path | None) -> tuple[str, ...]:
 
 def parse_cv(raw: dict, source: Path | None) -> CVConfig:
     """The `[cv]` table."""
-    check_keys(raw, {"folds", "seed", "test_predictions", "exclude_ids", "exclude_ids_file"},
-               "[cv]", source)
+    check_keys(raw, {"folds", "seed", "test_predictions", "exclude_ids", "exclude_ids_file",
+                     "group_column"}, "[cv]", source)
+    group = raw.get("group_column", "")
+    if not isinstance(group, str):
+        raise HarnessError(f"{where(source)}: [cv] group_column must be a column name "
+                           f"(a string), got {group!r}")
     cv = CVConfig(
         folds=whole_number(raw.get("folds", 5), "[cv] folds", source),
         seed=whole_number(raw.get("seed", 0), "[cv] seed", source),
         test_predictions=choice(raw.get("test_predictions", "refit"), TEST_PREDICTIONS,
                                 "[cv] test_predictions", source),
         exclude_ids=_exclude_ids(raw, source),
+        group_column=group,
     )
     if cv.folds < 2:
         raise HarnessError(f"{where(source)}: [cv] folds must be at least 2, got {cv.folds}")

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # Pillow refuses images above ~179 M pixels as "decompression bombs"; a photo that large
 # is not a competition image we can feed anyway, so the refusal becomes a failure reason.
-DECODER_VERSION = "tf-jpeg+pillow-truncation-check+pillow-fallback/2"
+DECODER_VERSION = "tf-jpeg+pillow-truncation-check+pillow-fallback+16-bit-scaled/3"
 
 
 def _jpeg_ratio(data: bytes, min_side: int) -> int:
@@ -68,7 +68,21 @@ def _decode_tf(data: bytes, min_side: int) -> np.ndarray:
         image = tf.io.decode_jpeg(data, channels=3, ratio=ratio)
     else:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return image.numpy()
+    return _to_uint8(image.numpy())
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels from 8- or 16-bit ones: a 16-bit image's full range maps onto 0-255
+    (a plain cast would keep only the low byte, or clip everything above 255 to white)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype.kind == "f":
+        top = 1.0 if float(np.nanmax(pixels, initial=0.0)) <= 1.0 else 255.0
+        return np.clip(np.rint(pixels * (255.0 / top)), 0, 255).astype(np.uint8)
+    wide = pixels.astype(np.int64)
+    if pixels.dtype.itemsize >= 2 and int(wide.max(initial=0)) > 255:
+        wide = np.rint(wide / 257.0).astype(np.int64)  # 65535 -> 255
+    return np.clip(wide, 0, 255).astype(np.uint8)
 
 
 def _decode_pillow(data: bytes, min_side: int) -> np.ndarray:
@@ -77,6 +91,11 @@ def _decode_pillow(data: bytes, min_side: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         if min_side and image.format == "JPEG":
             image.draft("RGB", (2 * min_side, 2 * min_side))
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            # 16-bit and float grayscale (TIFF, PNG): Pillow's convert("RGB") would clip
+            # every value above 255 to white, so scale first, then repeat the channel.
+            gray = _to_uint8(np.asarray(image))
+            return np.repeat(gray[:, :, None], 3, axis=2)
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from competition.images import ImageList
 
 
@@ -45,7 +47,12 @@ def image_list_digest(images: ImageList) -> dict:
             size, mtime = -1, -1
         digest.update(f"{image_id}\0{Path(path).name}\0{size}\0{mtime}\n".encode())
     if images.labels is not None:
-        digest.update(",".join(str(int(v)) for v in images.labels).encode("ascii"))
+        labels = np.asarray(images.labels)
+        if labels.ndim == 1 and labels.dtype.kind in "iu":
+            # Class indices, spelt as before: existing feature files keep their fingerprint.
+            digest.update(",".join(str(int(v)) for v in labels).encode("ascii"))
+        else:  # tags (n, t) or regression values
+            digest.update(json.dumps([labels.dtype.str, labels.tolist()]).encode("ascii"))
     digest.update(json.dumps(list(images.classes)).encode("utf-8"))
     return {"count": len(images), "digest": digest.hexdigest()}
 

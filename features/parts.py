@@ -118,7 +118,7 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
             bad[split] = pairs
             labels = None
             if split == "train" and images.labels is not None:
-                labels = np.asarray(images.labels, np.int64)[keep]
+                labels = np.asarray(images.labels)[keep]
             writer.add_split(split, [i for i, k in zip(images.ids, keep) if k], feature_dim,
                              labels=labels, bad=pairs)
             for part in _iter_parts(folder, split):

@@ -122,9 +122,11 @@ def _merge_split(writer: FeatureFileWriter, paths: list[Path], bad: list[dict], 
     row_of = np.asarray([r for _, _, r in ids_all], dtype=np.int64)
     labels = None
     if split == "train":
-        labels = np.zeros(len(ids_all), dtype=np.int64)
         for s, path in enumerate(paths):
-            labels[shard_of == s] = read_labels(path)[row_of[shard_of == s]]
+            shard_labels = read_labels(path)
+            if labels is None:
+                labels = np.zeros((len(ids_all), *shard_labels.shape[1:]), shard_labels.dtype)
+            labels[shard_of == s] = shard_labels[row_of[shard_of == s]]
     bad_all.sort(key=lambda pair: natural_key(pair[0]))
     writer.add_split(split, [i for i, _, _ in ids_all], int(first["feature_dim"]),
                      labels=labels, bad=bad_all)

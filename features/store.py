@@ -8,7 +8,8 @@ Layout:
 
     /train/features  (N, D) float32   GAP features, one row per readable train image
     /train/ids       (N,)   str       image ids, aligned with the rows
-    /train/labels    (N,)   int64     class indices into the `classes` attribute
+    /train/labels    (N,)   int64     class indices into the `classes` attribute; for
+                     (N, T) int64 multilabel tasks 0/1 per tag, for regression (N,) float64
     /train/skipped   (K, 2) str       [id, reason] of train images that could not be read
     /test/features   (M, D) float32   one row per test image (zeros where it failed)
     /test/ids        (M,)   str
@@ -101,7 +102,7 @@ def load_split(path: Path, split: str) -> FeatureSplit:
         group = f[split]
         ids = _strings(group["ids"])
         features = group["features"][()].astype(np.float32, copy=False)
-        labels = group["labels"][()].astype(np.int64) if "labels" in group else None
+        labels = _labels(group["labels"]) if "labels" in group else None
         failed = np.zeros(len(ids), dtype=bool)
         if "failed" in group and len(group["failed"]):
             failed_ids = set(_strings(group["failed"])[:, 0])
@@ -135,8 +136,10 @@ class FeatureFileWriter:
         group.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=STRING,
                              shape=(rows,))
         if split == "train":
-            values = np.zeros(rows, np.int64) if labels is None else labels
-            group.create_dataset("labels", data=np.asarray(values, dtype=np.int64))
+            values = np.zeros(rows, np.int64) if labels is None else np.asarray(labels)
+            if values.dtype.kind != "f":
+                values = values.astype(np.int64)
+            group.create_dataset("labels", data=values)
         pairs = np.asarray([list(pair) for pair in bad], dtype=object).reshape(len(bad), 2)
         group.create_dataset(BAD_TABLE[split], data=pairs, dtype=STRING, shape=(len(bad), 2))
 
@@ -192,10 +195,16 @@ def read_ids(path: Path, split: str) -> np.ndarray:
         return _strings(f[split]["ids"])
 
 
+def _labels(dataset: h5py.Dataset) -> np.ndarray:
+    """Labels as stored: int64 class indices or tags, float64 regression values."""
+    values = dataset[()]
+    return values.astype(np.float64 if values.dtype.kind == "f" else np.int64)
+
+
 def read_labels(path: Path) -> np.ndarray:
     """/train/labels of a feature file."""
     with h5py.File(path, "r") as f:
-        return f["train"]["labels"][()].astype(np.int64)
+        return _labels(f["train"]["labels"])
 
 
 def read_bad(path: Path) -> dict[str, list[tuple[str, str]]]:

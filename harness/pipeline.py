@@ -88,7 +88,7 @@ def write_submission_for(config: Config, result: Any) -> Path:
 
     path = submission_path(config.workspace.submissions_dir, config.spec, result.name)
     return write_submission(path, config.spec, config.data_dir, result.test_ids,
-                            result.test_proba, result.classes, result.clip)
+                            result.test_proba, result.classes, result.clip, result.decision)
 
 
 def pick(results: Sequence[Any], name: str | None) -> tuple[Any, str]:

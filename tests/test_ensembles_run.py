@@ -248,7 +248,7 @@ BAD = [
     ("[ensembles.x]\nbackbones=['mobilenet_025','zz']\nhead='logreg'\n", ["mobilenet_025"],
      r"ensemble 'x': unknown backbone 'zz'"),
     ("[ensembles.x]\nbackbones=['mobilenet_025']\nhead='svm'\n", ["mobilenet_025"],
-     r"\[ensembles.x\] head = 'svm' is not one of logreg, dropout"),
+     r"\[ensembles.x\] head = 'svm' is not one of logreg, ridge, dropout"),
     ("[blends.bl]\nmembers=['nope']\n", ["mobilenet_025"], r"blend 'bl': unknown member 'nope'"),
     ("[blends.p]\nmembers=['q']\n[blends.q]\nmembers=['p']\n", ["mobilenet_025"],
      r"blends form a cycle: (p -> q -> p|q -> p -> q)"),

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from base.errors import HarnessError
 from ensembles.calibrate import apply_temperature, calibrate, fit_temperature
 from ensembles.contact_sheet import costliest_rows, write_contact_sheet
-from ensembles.cv import CLIP_GRID, choose_clip, log_loss, make_folds
+from ensembles.cv import CLIP_GRID, apply_clip, choose_clip, log_loss, make_folds
 from ensembles.heads import LogisticHead
 from ensembles.report import format_table, report_table
 from ensembles.results import EnsembleResult
@@ -121,7 +121,8 @@ def _result(name, losses_per_row, confidence, clip=None):
         fit_seconds=35.7, reused=False, classes=("cat", "dog"), oof_ids=ids,
         oof_proba=proba, test_ids=ids[:2], test_proba=proba[:2], oof_labels=labels,
         folds=np.arange(len(ids)) % 5, params={"fold_log_loss": [0.1, 0.2]},
-        key=f"{name}-{confidence}")
+        key=f"{name}-{confidence}", cv_metric=log_loss(labels, apply_clip(proba, clip)),
+        oof_submitted=apply_clip(proba, clip))
 
 
 def test_selection_rule_prefers_the_cautious_model_among_equals_only():

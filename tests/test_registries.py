@@ -92,21 +92,36 @@ def test_weights_shrink_moves_fitted_weights_toward_the_plain_mean():
         check_blend_params("b", "weights", {"shrink": 1.5})
 
 
+def _right_and_wrong(metric):
+    """(y, right, wrong) submitted values in the metric's form (competition.metrics)."""
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    if metric.submits in ("proba", "ranking"):
+        right = np.eye(2)[labels] * 0.8 + 0.1
+        return labels, right, right[:, ::-1]
+    if metric.submits == "labels":
+        return labels, labels, 1 - labels
+    if metric.submits == "tags":
+        tags = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
+        return tags, tags, 1 - tags
+    values = np.array([3.0, 10.0, 55.0, 70.0, 99.0, 1.0])
+    return values, values + 0.5, values[::-1]
+
+
 @pytest.mark.parametrize("name", METRICS)
 def test_every_metric_ranks_right_over_wrong_and_writes_a_valid_submission(name, tmp_path):
     metric = METRICS[name]
-    labels = np.array([0, 1, 1, 0])
-    right = np.eye(2)[labels] * 0.8 + 0.1
-    wrong = right[:, ::-1]
-    better = metric.score(labels, right) > metric.score(labels, wrong)
+    y, right, wrong = _right_and_wrong(metric)
+    better = metric.score(y, right) > metric.score(y, wrong)
     assert better == metric.higher_is_better
-    assert metric.row_loss(labels, right).mean() < metric.row_loss(labels, wrong).mean()
-
+    if metric.row_loss is not None:
+        assert metric.row_loss(y, right).mean() < metric.row_loss(y, wrong).mean()
+    if "binary" not in metric.tasks:
+        return  # written and scored per competition in tests/test_catalog.py
     spec = dataclasses.replace(get_spec("dogs-vs-cats-redux-kernels-edition"), metric=name)
     (tmp_path / "sample_submission.csv").write_text("id,label\n1,0.5\n2,0.5\n")
+    proba = np.array([[0.9, 0.1], [0.1, 0.9]])  # id 2 a cat, id 1 a dog
     path = write_submission(tmp_path / "out.csv", spec, tmp_path, np.array(["2", "1"]),
-                            right[:2], ("cat", "dog"), None if metric.submits_labels
-                            else (0.01, 0.99))
+                            proba, ("cat", "dog"), (0.01, 0.99) if metric.clips else None)
     column = pd.read_csv(path)["label"]  # in the sample's id order: id 1 (a dog), id 2
     if metric.submits_labels:
         assert column.tolist() == [1, 0]
