@@ -80,9 +80,9 @@ class _FileIndex:
     """The image files of one folder, found by file name (`abc.jpg`) or by stem (`abc`):
     Kaggle's CSVs spell ids both ways."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.files = _image_files(folder)
+    def __init__(self, *folders: Path):
+        self.folder = ", ".join(str(f) for f in folders)
+        self.files = [path for folder in folders for path in _image_files(folder)]
         self.by_name = {p.name: p for p in self.files}
         self.by_stem: dict[str, Path | None] = {}
         for path in self.files:
@@ -296,9 +296,11 @@ def list_test_images(spec: CompetitionSpec, data_dir: Path) -> ImageList:
             the train folder) an image the sample does not list.
     """
     classes = discover_classes(spec, data_dir)
-    test = data_dir / spec.test_dir
-    _require_folder(test, "test")
-    files = _FileIndex(test)
+    folders = [data_dir / name for name in (spec.test_dir, *spec.extra_test_dirs)]
+    for folder in folders:
+        _require_folder(folder, "test")
+    files = _FileIndex(*folders)
+    test = files.folder
     if not (data_dir / spec.sample_submission).is_file() and spec.test_dir != spec.train_dir:
         # Features can be extracted before the sample is downloaded; the submission
         # stage still requires it and checks these ids against it.

@@ -52,6 +52,8 @@ class CompetitionSpec:
         train_dir, test_dir: Folders (relative to the data folder) holding the images;
             they may be the same folder (train and test then come from the labels CSV
             and the sample submission).
+        extra_test_dirs: More folders holding test images that the sample lists (Planet's
+            test-jpg-additional).
         labels_csv: The labels file for the `csv` layout (optional for `folders`).
         csv_id_column: The labels CSV's id column ("" = id_column).
         label_columns: For a one-hot labels CSV, its 0/1 columns, one per class.
@@ -73,6 +75,7 @@ class CompetitionSpec:
     train_layout: str = "filename"
     train_dir: str = "train"
     test_dir: str = "test"
+    extra_test_dirs: tuple[str, ...] = ()
     labels_csv: str = "labels.csv"
     csv_id_column: str = ""
     label_columns: tuple[str, ...] = ()
@@ -237,6 +240,7 @@ CATALOG: dict[str, CompetitionSpec] = {
             slug="planet-understanding-the-amazon-from-space", task="multilabel",
             metric="mean_f2", train_layout="csv", labels_csv="train_v2.csv",
             train_dir="train-jpg", test_dir="test-jpg",
+            extra_test_dirs=("test-jpg-additional",),
             sample_submission="sample_submission_v2.csv", id_column="image_name",
             label_column="tags",
             description="Amazon satellite chips, 17 space-separated tags: mean F2 over "
@@ -310,7 +314,10 @@ def spec_from_config(value: Any, source: Any = None) -> CompetitionSpec:
         table.setdefault("downloadable", True)
     fields = {f.name for f in dataclasses.fields(CompetitionSpec)} - {"slug"}
     check_keys(table, fields, "[competition]", source)
-    for key in ("classes", "label_columns"):
+    for key in ("classes", "label_columns", "extra_test_dirs"):
         if key in table:
-            table[key] = tuple(table[key])
+            if not isinstance(table[key], list):
+                raise HarnessError(f"{where(source)}: [competition] {key} must be a list of "
+                                   f"names, e.g. {key} = [\"a\", \"b\"]")
+            table[key] = tuple(str(v) for v in table[key])
     return dataclasses.replace(get_spec(base), slug=name, **table)

@@ -293,25 +293,27 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
 
     def _fit_tags(self, X: np.ndarray, y: np.ndarray, rows: np.ndarray | None
                   ) -> LogisticHead:
-        """One-vs-rest: a binary head per tag column, each with its own C."""
+        """One-vs-rest: a binary head per tag column, each with its own C. A tag that is
+        on (or off) in every fitted row (a rare tag in one CV fold) gets a constant: its
+        smoothed share (positives + 1) / (rows + 2), never a certain 0 or 1."""
         if y.shape[0] != (len(X) if rows is None else len(rows)):
             raise ValueError(f"y has {y.shape[0]} rows, X has {len(X)}")
-        single = [t for t in range(y.shape[1]) if len(np.unique(y[:, t])) < 2]
-        if single:
-            raise ValueError(f"tag column(s) {single} hold a single value in these rows; "
-                             "each tag needs rows with and without it")
-        self.tags_ = [clone(self).set_params(copy=True).fit(X, y[:, t], rows=rows)
-                      for t in range(y.shape[1])]
+        self.tags_ = [
+            clone(self).set_params(copy=True).fit(X, y[:, t], rows=rows)
+            if len(np.unique(y[:, t])) > 1 else (float(y[:, t].sum()) + 1) / (len(y) + 2)
+            for t in range(y.shape[1])]
         self.classes_ = np.arange(y.shape[1])
         self.n_features_in_ = X.shape[1]
-        self.C_ = [head.C_ for head in self.tags_]
+        self.C_ = [getattr(head, "C_", None) for head in self.tags_]
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, (n, len(classes_)), in `classes_` order; for tags, each
         tag's probability (n, t)."""
         if getattr(self, "tags_", None):
-            return np.hstack([head.predict_proba(X)[:, 1:] for head in self.tags_])
+            n = len(X)
+            return np.hstack([np.full((n, 1), head) if isinstance(head, float)
+                              else head.predict_proba(X)[:, 1:] for head in self.tags_])
         X = _check_X(self, X, fitted=True)
 
         def predict(block: np.ndarray) -> np.ndarray:

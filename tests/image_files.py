@@ -9,13 +9,15 @@ from PIL import Image
 
 
 def write_jpeg(path: Path, seed: int = 0, size: int = 40, colour: tuple | None = None) -> Path:
-    """A small genuine JPEG: noise, or a flat colour plus noise."""
+    """A small genuine image, JPEG or whatever format the suffix names (.png, .tif, .bmp,
+    .webp): noise, or a flat colour plus noise."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
     if colour is not None:
         pixels = (np.asarray(colour, dtype=np.uint8) * 0.8 + pixels * 0.2).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, "RGB").save(path, quality=90)
+    options = {"quality": 90} if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else {}
+    Image.fromarray(pixels, "RGB").save(path, **options)
     return path
 
 
