@@ -79,6 +79,14 @@ def _roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(skm.roc_auc_score(y, proba[:, 1] if proba.ndim == 2 else proba))
 
 
+def _f2_rows(hits: np.ndarray, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Each image's F2 from its counts: (1 + 4) p r / (4 p + r) = 5 hits / (4 actual +
+    predicted); 0 when nothing is predicted or true (scikit-learn's zero_division=0)."""
+    denominator = 4.0 * actual + predicted
+    return np.divide(5.0 * hits, denominator, out=np.zeros(np.shape(hits)),
+                     where=denominator > 0)
+
+
 def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
     y = np.asarray(y)
     return y if y.ndim == 2 else np.eye(k, dtype=np.int64)[y]
@@ -105,6 +113,9 @@ class Metric:
             (lower is better), so two results can be compared row by row with a paired
             standard error; None when the metric does not split into rows (kappa, F2).
         description: One line for listings.
+        tag_rows: For tag metrics, (true positives, predicted tags, true tags) per image
+            -> each image's score, whose mean is `score`: lets the per-tag threshold
+            search try every threshold at once instead of rescoring the whole matrix.
     """
 
     name: str
@@ -114,6 +125,7 @@ class Metric:
     score: Callable[[np.ndarray, np.ndarray], float]
     row_loss: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     description: str
+    tag_rows: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def clips(self) -> bool:
@@ -149,7 +161,8 @@ METRICS: dict[str, Metric] = {
         Metric("mean_f2", True, "tags", ("multilabel",),
                lambda y, s: float(skm.fbeta_score(y, s, beta=2, average="samples",
                                                   zero_division=0)), None,
-               "F2 (beta = 2) of each image's submitted tags, averaged over images"),
+               "F2 (beta = 2) of each image's submitted tags, averaged over images",
+               tag_rows=_f2_rows),
         Metric("quadratic_kappa", True, "labels", ("ordinal", "multiclass"),
                lambda y, s: float(skm.cohen_kappa_score(y, s, weights="quadratic")), None,
                "Cohen's kappa with quadratic weights between submitted and true grades"),

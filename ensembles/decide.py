@@ -103,6 +103,8 @@ def _fit_thresholds(metric: Metric, y: np.ndarray, proba: np.ndarray) -> list:
     def score(t: np.ndarray) -> float:
         return sign * metric.score(y, (proba >= t[None, :]).astype(np.int64))
 
+    if metric.tag_rows is not None:
+        return _fit_thresholds_by_counts(metric, y, proba, thresholds, sign)
     best = score(thresholds)
     for _ in range(PASSES):
         for tag in range(proba.shape[1]):
@@ -112,6 +114,32 @@ def _fit_thresholds(metric: Metric, y: np.ndarray, proba: np.ndarray) -> list:
                 value = score(trial)
                 if value > best:
                     best, thresholds = value, trial
+    return thresholds.tolist()
+
+
+def _fit_thresholds_by_counts(metric: Metric, y: np.ndarray, proba: np.ndarray,
+                              thresholds: np.ndarray, sign: float) -> list:
+    """The same search, every candidate of one tag scored at once from per-image counts
+    (40k images x 17 tags: seconds instead of minutes)."""
+    y = np.asarray(y, dtype=np.int64)
+    actual = y.sum(axis=1)
+    predicted = (proba >= thresholds[None, :]).astype(np.int64)
+    best = sign * float(np.mean(metric.tag_rows((predicted & y).sum(1), predicted.sum(1),
+                                                actual)))
+    for _ in range(PASSES):
+        for tag in range(proba.shape[1]):
+            others = np.delete(np.arange(proba.shape[1]), tag)
+            hits = (predicted[:, others] & y[:, others]).sum(1)
+            count = predicted[:, others].sum(1)
+            trial = (proba[:, tag][:, None] >= THRESHOLDS[None, :]).astype(np.int64)
+            rows = metric.tag_rows(hits[:, None] + trial * y[:, tag][:, None],
+                                   count[:, None] + trial, actual[:, None])
+            scores = sign * rows.mean(axis=0)
+            pick = int(np.argmax(scores))
+            if scores[pick] > best:
+                best, thresholds = float(scores[pick]), thresholds.copy()
+                thresholds[tag] = THRESHOLDS[pick]
+                predicted[:, tag] = trial[:, pick]
     return thresholds.tolist()
 
 

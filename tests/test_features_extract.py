@@ -484,3 +484,42 @@ def test_a_data_folder_whose_name_is_not_utf8_works(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "features: 9 images, 0 train skipped, 0 test failed" in result.stderr
     assert len(load_split(ws / "features" / "mobilenet_025.h5", "test").ids) == 3
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_grayscale_keeps_its_range(tmp_path, suffix):
+    """Kaggle's medical and satellite images ship as 16-bit PNG/TIFF: the full 0-65535
+    range maps onto 0-255 (not the low byte, not everything above 255 clipped to white)."""
+    from PIL import Image
+
+    from features.decode import decode_file
+
+    ramp = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)
+    path = tmp_path / f"ramp{suffix}"
+    Image.fromarray(ramp).save(path)
+    pixels, reason = decode_file(path)
+    assert reason == "" and pixels.shape == (48, 64, 3) and pixels.dtype == np.uint8
+    expected = np.rint(ramp / 257.0)
+    for channel in range(3):
+        assert np.abs(pixels[:, :, channel].astype(int) - expected).max() <= 1
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".webp", ".tif"])
+def test_rgba_bmp_webp_and_tiff_decode_to_their_rgb_pixels(tmp_path, suffix):
+    from PIL import Image
+
+    from features.decode import decode_file
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = tmp_path / f"image{suffix}"
+    if suffix == ".png":  # with an alpha channel, which the features ignore
+        alpha = rng.integers(0, 256, (20, 30, 1), dtype=np.uint8)
+        Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(path)
+    else:
+        Image.fromarray(rgb, "RGB").save(path, **({"lossless": True} if suffix == ".webp"
+                                                  else {}))
+    pixels, reason = decode_file(path)
+    assert reason == ""
+    np.testing.assert_array_equal(pixels, rgb)
