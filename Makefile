@@ -30,7 +30,7 @@ ENSEMBLE_ARG = $(if $(ENSEMBLE),--ensemble $(call quote,$(ENSEMBLE)))
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock lint test data features ensembles submit upload leaderboard clean
+.PHONY: help setup lock lint test init data features ensembles submit upload leaderboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ lint: setup ## ruff over the whole project
 
 test: setup ## install everything and run all tests
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+init: setup ## propose a config for the competition in DATA_DIR (COMPETITION=its Kaggle slug)
+	@test -n $(call quote,$(DATA_DIR)) || { echo "make init needs DATA_DIR=<the unpacked download>" >&2; exit 2; }
+	$(HARNESS) init $(call quote,$(DATA_DIR)) $(if $(COMPETITION),--name $(call quote,$(COMPETITION)))
 
 data: setup ## download and unpack the competition's files (kaggle client)
 	$(HARNESS) download $(ARGS)

@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     verb("competitions", "list the built-in competitions")
+    init = verb("init", "propose a [competition] table from a downloaded data folder")
+    init.add_argument("data", type=Path, metavar="DATA_DIR",
+                      help="the competition's unpacked files")
+    init.add_argument("--name", default="", help="the Kaggle slug (default: the folder's name)")
+    init.add_argument("--output", type=Path,
+                      help="the config to write (default: NAME.toml here)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     verb("backbones", "list the available backbones")
     verb("demo-data", "generate the offline demo competition's images")
     download = verb("download", "download and unpack the competition's files with the kaggle client")
@@ -151,8 +158,32 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_competitions(args: argparse.Namespace) -> None:
     from competition.spec import CATALOG
 
+    width = max(len(slug) for slug in CATALOG)
     for slug, spec in sorted(CATALOG.items()):
-        print(f"{slug:38s} {spec.task:10s} {spec.metric:9s} {spec.description}")
+        print(f"{slug:{width}s}  {spec.task:10s}  {spec.metric:15s}  {spec.description}")
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    import os
+
+    from competition.infer import propose, to_toml
+    from competition.spec import CATALOG
+
+    proposal = propose(args.data, args.name)
+    output = args.output or Path(f"{proposal.name}.toml")
+    if output.exists() and not args.force:
+        raise HarnessError(f"{output} exists; pass --force to overwrite it, or --output "
+                           "another file")
+    data_dir = Path(os.path.relpath(args.data.resolve(), output.resolve().parent))
+    output.write_text(to_toml(proposal, data_dir.as_posix()))
+    spec = proposal.spec()
+    print(f"wrote {output}: {spec.task}, {spec.train_layout} layout (train: {spec.train_dir}, "
+          f"test: {spec.test_dir}), submission {spec.submission_shape}, metric {spec.metric}")
+    for note in proposal.notes:
+        print(f"  check {note}")
+    if proposal.name not in CATALOG:
+        print("  check name: the Kaggle slug (the competition's URL), for download/upload")
+    print(f"next: harness submit --config {output}")
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:
@@ -224,6 +255,7 @@ COMMANDS = {
     "features": cmd_features,
     "ensembles": cmd_ensembles,
     "submit": cmd_submit,
+    "init": cmd_init,
     "upload": cmd_upload,
     "leaderboard": cmd_leaderboard,
 }
