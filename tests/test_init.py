@@ -5,7 +5,6 @@ tell (the metric, ordinal grades) is said, not guessed silently."""
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import pytest
 
