@@ -152,26 +152,24 @@ def auc_of(column: str) -> Callable:
     return score
 
 
-def redux(root):
+def cats_and_dogs(root, test_dir="test", sample="sample_submission.csv", placeholder=0.5):
+    """Dogs vs. Cats: classes in the file names, test images numbered."""
     for i, c in enumerate(draw(16, 2, 1)):
         coloured(root / "train" / f"{('cat', 'dog')[c]}.{i}.jpg", c, i)
     truth = {}
     for j, c in enumerate(draw(12, 2, 2), 1):
-        coloured(root / "test" / f"{j}.jpg", c, 100 + j)
+        coloured(root / test_dir / f"{j}.jpg", c, 100 + j)
         truth[str(j)] = int(c)
-    csv(root / "sample_submission.csv", {"id": list(truth), "label": 0.5})
+    csv(root / sample, {"id": list(truth), "label": placeholder})
     return truth
+
+
+def redux(root):
+    return cats_and_dogs(root)
 
 
 def dogs_vs_cats(root):
-    for i, c in enumerate(draw(16, 2, 1)):
-        coloured(root / "train" / f"{('cat', 'dog')[c]}.{i}.jpg", c, i)
-    truth = {}
-    for j, c in enumerate(draw(12, 2, 2), 1):
-        coloured(root / "test1" / f"{j}.jpg", c, 100 + j)
-        truth[str(j)] = int(c)
-    csv(root / "sampleSubmission.csv", {"id": list(truth), "label": 0})
-    return truth
+    return cats_and_dogs(root, "test1", "sampleSubmission.csv", 0)
 
 
 def accuracy_of(column: str, names: list | None = None) -> Callable:
