@@ -126,6 +126,10 @@ def _labels_csv(data_dir: Path, sample: Path, folders: dict[Path, list[Path]],
     """The CSV whose column names the most training images: (csv, column, folder, share
     of the folder's training images it names). Test ids do not count (a test.csv lists
     them), nor do they count as the folder's training images (a shared folder)."""
+    # Each folder's file keys and training-image count, once (not per CSV column).
+    keys = {f: _keys(images) for f, images in folders.items() if f not in exclude}
+    n_train = {f: max(1, sum(not ({p.name, p.stem} & test_ids) for p in folders[f]))
+               for f in keys}
     best = None
     for path in sorted(data_dir.glob("*.csv")):
         if path == sample:
@@ -133,11 +137,9 @@ def _labels_csv(data_dir: Path, sample: Path, folders: dict[Path, list[Path]],
         table = _read(path)
         for column in table.columns:
             values = set(table[column]) - test_ids
-            for folder, images in folders.items():
-                if folder in exclude:
-                    continue
-                named = len(values & _keys(images))
-                share = named / max(1, sum(not ({p.name, p.stem} & test_ids) for p in images))
+            for folder, files in keys.items():
+                named = len(values & files)
+                share = named / n_train[folder]
                 if named and (best is None or share > best[3]):
                     best = (path, column, folder, share)
     return best if best and best[3] >= 0.5 else None
