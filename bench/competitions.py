@@ -23,7 +23,7 @@ threshold 0.5, for tags; argmax for grades) or Ridge (values). Printed in one ru
 scores, the difference and its paired standard error (per-row losses where the metric has
 them; 2,000 bootstrap resamples of the rows for kappa and RMSE).
 
-    python bench/competitions.py                    # about 10 minutes on 2 cores
+    python bench/competitions.py                    # about 2 minutes on 2 cores
     python bench/competitions.py --photos 400 --tasks binary ordinal
 """
 

@@ -6,7 +6,9 @@ folders holding the sample's ids), where the training labels come from (a CSV wh
 names the training images, one folder per class, or class-prefixed file names), the task
 (from the label values) and the submission shape (from the sample's columns and values).
 What the files cannot tell (the metric above all, which lives on the competition's
-Evaluation page; integer grades that may be ordinal) is proposed with a note saying so.
+Evaluation page; integer grades that may be ordinal) is proposed with a note saying so;
+`adopt_kaggle_metric` replaces the metric guess with the name the competition's Kaggle
+record gives (competition/record.py reads it; `harness init` asks when it has credentials).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 
 from base.errors import HarnessError
 from competition.images import IMAGE_SUFFIXES, natural_key
-from competition.metrics import METRICS
+from competition.metrics import METRICS, metric_for_kaggle_name
 from competition.spec import CATALOG, CompetitionSpec
 
 MAX_DEPTH = 3  # image folders are looked for this deep under the data folder
@@ -36,6 +38,7 @@ class Proposal:
     fields: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     same_as: str = ""  # a catalog entry with the same layout and metric, if any
+    classes: tuple[str, ...] = ()  # every class the labels hold, in the proposed order
 
     def spec(self) -> CompetitionSpec:
         """The CompetitionSpec these fields describe (checked as a config's would be)."""
@@ -121,20 +124,18 @@ def _label_task(values: pd.Series, separator: str = " ") -> tuple[str, tuple[str
     return "multiclass", tuple(distinct), ""
 
 
-def _labels_csv(data_dir: Path, sample: Path, folders: dict[Path, list[Path]],
+def _labels_csv(tables: dict[Path, pd.DataFrame], folders: dict[Path, list[Path]],
                 exclude: set[Path], test_ids: set[str]) -> tuple[Path, str, Path, float] | None:
-    """The CSV whose column names the most training images: (csv, column, folder, share
-    of the folder's training images it names). Test ids do not count (a test.csv lists
-    them), nor do they count as the folder's training images (a shared folder)."""
+    """The CSV (of `tables`, each read once) whose column names the most training images:
+    (csv, column, folder, share of the folder's training images it names). Test ids do not
+    count (a test.csv lists them), nor do they count as the folder's training images (a
+    shared folder)."""
     # Each folder's file keys and training-image count, once (not per CSV column).
     keys = {f: _keys(images) for f, images in folders.items() if f not in exclude}
     n_train = {f: max(1, sum(not ({p.name, p.stem} & test_ids) for p in folders[f]))
                for f in keys}
     best = None
-    for path in sorted(data_dir.glob("*.csv")):
-        if path == sample:
-            continue
-        table = _read(path)
+    for path, table in tables.items():
         for column in table.columns:
             values = set(table[column]) - test_ids
             for folder, files in keys.items():
@@ -245,7 +246,9 @@ def propose(data_dir: Path, name: str = "") -> Proposal:
 
     classes: tuple[str, ...] = ()
     by_folder = _class_folders(folders, exclude)
-    csv_match = _labels_csv(data_dir, sample_path, folders, exclude, ids)
+    tables = {path: _read(path) for path in sorted(data_dir.glob("*.csv"))
+              if path != sample_path}
+    csv_match = _labels_csv(tables, folders, exclude, ids)
     flat = [(f, imgs) for f, imgs in folders.items() if f not in exclude]
     prefixed = [(f, _filename_classes(imgs)) for f, imgs in flat]
     prefixed = [(f, c) for f, c in prefixed if c]
@@ -255,17 +258,17 @@ def propose(data_dir: Path, name: str = "") -> Proposal:
         task = "binary" if len(classes) == 2 else "multiclass"
         fields.update(train_layout="folders", train_dir=_relative(parent, data_dir))
         every = [p for d in class_dirs for p in folders[d]]
-        extra = _labels_csv(data_dir, sample_path, {parent: every}, set(), ids)
+        extra = _labels_csv(tables, {parent: every}, set(), ids)
         if extra:  # State Farm's driver list, Paddy's train.csv: for [cv] group_column
             fields["labels_csv"] = _relative(extra[0], data_dir)
             if extra[1] != id_column:
                 fields["csv_id_column"] = extra[1]
             notes.append(f"cv: {fields['labels_csv']} has columns "
-                         f"{list(_read(extra[0]).columns)}; if one is a person, patient or "
+                         f"{list(tables[extra[0]].columns)}; if one is a person, patient or "
                          "site, set [cv] group_column to it")
     elif csv_match:
         labels_path, csv_id, folder, _ = csv_match
-        table = _read(labels_path)
+        table = tables[labels_path]
         fields.update(train_layout="csv", train_dir=_relative(folder, data_dir),
                       labels_csv=_relative(labels_path, data_dir))
         if csv_id != id_column:
@@ -318,7 +321,7 @@ def propose(data_dir: Path, name: str = "") -> Proposal:
         fields["classes"] = list(classes)
     if len(test_folders) > 1 and shared:
         notes.append("test: train and test images share a folder")
-    proposal = Proposal(name or data_dir.resolve().name, fields, notes)
+    proposal = Proposal(name or data_dir.resolve().name, fields, notes, classes=classes)
     proposal.spec()  # fails here, naming the field, if the combination is not one we can run
     proposal.same_as = _same_catalog_entry(proposal)
     known = CATALOG.get(proposal.name)
@@ -337,6 +340,36 @@ def propose(data_dir: Path, name: str = "") -> Proposal:
         proposal.notes.append(f"layout: as the built-in {twin.slug!r}, whose metric is "
                               f"{twin.metric}")
     return proposal
+
+
+def adopt_kaggle_metric(proposal: Proposal, kaggle_name: str) -> None:
+    """Use the metric Kaggle's record names (`kaggle_name`, its `evaluationMetric`) instead of
+    the guess from the sample's shape, and say so in the notes. A name the registry has no
+    entry for, or a metric that cannot score the proposed task, keeps the guess, with a note
+    naming what Kaggle said. Kappa on integer codes makes the task ordinal (graded classes)."""
+    guess = proposal.fields["metric"]
+    metric = metric_for_kaggle_name(kaggle_name)
+    notes = [n for n in proposal.notes if not n.startswith("metric:")]
+    task = proposal.fields["task"]
+    if metric == "quadratic_kappa" and task == "multiclass" and proposal.classes and all(
+            c.lstrip("-").isdigit() for c in proposal.classes):
+        task = "ordinal"
+        proposal.fields.update(task=task, classes=list(proposal.classes))
+        notes = [n for n in notes if not n.startswith("task:")]
+        notes.append(f"task: ordinal (grades {proposal.classes[0]}..{proposal.classes[-1]}), "
+                     "because Kaggle scores it by quadratic kappa")
+    if metric is None:
+        notes.append(f"metric: Kaggle calls it {kaggle_name!r}, which the harness has no entry "
+                     f"for; {guess} is a guess, set the nearest of: {', '.join(METRICS)}")
+    elif task not in METRICS[metric].tasks:
+        notes.append(f"metric: Kaggle calls it {kaggle_name!r} ({metric}), which does not "
+                     f"score a {task} task; {guess} is a guess, check the task and metric")
+    else:
+        proposal.fields["metric"] = metric
+        notes.append(f"metric: {metric}, from the competition's Kaggle record "
+                     f"({kaggle_name!r})")
+    proposal.notes = notes
+    proposal.spec()
 
 
 def _same_catalog_entry(proposal: Proposal) -> str:

@@ -179,3 +179,32 @@ def get_metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         raise HarnessError(f"unknown metric {name!r}; known: {', '.join(METRICS)}") from None
+
+
+# Words in Kaggle's evaluation-metric names (the API record's `evaluationMetric`, e.g. "Area
+# Under Receiver Operating Characteristic Curve", "Multi Class Log Loss", "Mean F Score
+# Beta"), lower-cased with everything but letters and digits removed, first match wins:
+# the more specific names come before the ones they contain ("columnwise ... auc" before
+# "auc"). A plain "F1"/"Mean F-Score" is not micro F1 (it averages per image): no match.
+_KAGGLE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("kappa",), "quadratic_kappa"),
+    (("columnwise", "meancolumn"), "mean_column_auc"),
+    (("auc", "receiveroperating", "roccurve"), "roc_auc"),
+    (("logloss", "logarithmicloss", "multiclassloss", "crossentropy"), "log_loss"),
+    (("fscorebeta", "fbeta", "f2"), "mean_f2"),
+    (("microf1", "microaveragedf1", "microaveragedfscore", "f1micro"), "f1_micro"),
+    (("rootmeansquare", "rmse"), "rmse"),
+    (("accuracy",), "accuracy"),
+)
+
+
+def metric_for_kaggle_name(kaggle_name: str) -> str | None:
+    """The registry metric that Kaggle's evaluation-metric name stands for, or None when no
+    registry entry is that metric (the caller then says so and keeps its own guess)."""
+    words = "".join(ch for ch in kaggle_name.lower() if ch.isalnum())
+    if not words:
+        return None
+    for needles, name in _KAGGLE_WORDS:
+        if any(needle in words for needle in needles):
+            return name
+    return None

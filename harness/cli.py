@@ -174,6 +174,8 @@ def cmd_init(args: argparse.Namespace) -> None:
     if output.exists() and not args.force:
         raise HarnessError(f"{output} exists; pass --force to overwrite it, or --output "
                            "another file")
+    if proposal.same_as != proposal.name:
+        _ask_kaggle_for_metric(proposal)
     data_dir = Path(os.path.relpath(args.data.resolve(), output.resolve().parent))
     output.write_text(to_toml(proposal, data_dir.as_posix()))
     spec = proposal.spec()
@@ -184,6 +186,31 @@ def cmd_init(args: argparse.Namespace) -> None:
     if proposal.name not in CATALOG:
         print("  check name: the Kaggle slug (the competition's URL), for download/upload")
     print(f"next: harness submit --config {output}")
+
+
+def _ask_kaggle_for_metric(proposal) -> None:
+    """The metric from the competition's Kaggle record, when credentials allow asking;
+    otherwise (or when Kaggle cannot answer) the guess stays, with a note saying why."""
+    from base.kaggle_client import has_credentials
+    from competition.infer import adopt_kaggle_metric
+    from competition.record import kaggle_evaluation_metric
+
+    def say_why(reason: str) -> None:
+        proposal.notes = [f"{n} ({reason})" if n.startswith("metric:") else n
+                          for n in proposal.notes]
+
+    if not has_credentials():
+        say_why("no Kaggle credentials, so its record was not read")
+        return
+    try:
+        kaggle_name = kaggle_evaluation_metric(proposal.name)
+    except HarnessError as exc:
+        say_why(f"its Kaggle record could not be read: {exc}")
+        return
+    if kaggle_name:
+        adopt_kaggle_metric(proposal, kaggle_name)
+    else:
+        say_why("its Kaggle record names no metric")
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:

@@ -60,6 +60,7 @@ class FakeKaggle:
         team_name: The user's team; its row (best scores of its submissions) is on both
             leaderboards unless `own_team_on_leaderboard` is False.
         lower_is_better: Which of the user's scores is its team's best.
+        metric_names: slug -> the evaluation-metric name its ListCompetitions record carries.
         fail_next: method -> list of HTTP statuses to answer before behaving normally; a None
             entry answers that call normally. "PUT" scripts the file transfer.
         fault_rate: Chance that any API call or PUT is answered with a 5xx from
@@ -84,6 +85,7 @@ class FakeKaggle:
     team_name: str = "Tester's Team"
     own_team_on_leaderboard: bool = True
     lower_is_better: bool = True
+    metric_names: dict[str, str] = field(default_factory=dict)
     fail_next: dict[str, list[int | None]] = field(default_factory=dict)
     fault_rate: float = 0.0
     fault_seed: int = 0
@@ -178,6 +180,13 @@ class FakeKaggle:
             return 200, self._list_submissions(body), {}
         if method == "GetLeaderboard":
             return 200, self._leaderboard(body), {}
+        if method == "ListCompetitions":
+            # Kaggle's search matches words of the title and slug; refs are the URLs.
+            search = body.get("search", "")
+            return 200, {"competitions": [
+                {"ref": f"https://www.kaggle.com/competitions/{name}", "title": name.title(),
+                 "evaluationMetric": metric}
+                for name, metric in self.metric_names.items() if search in name]}, {}
         return 404, {"code": 404, "message": f"fake has no {method}"}, {}
 
     def _create_submission(self, slug: str, body: dict) -> tuple[int, dict, dict]:

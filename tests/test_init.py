@@ -11,9 +11,11 @@ import pytest
 from base.errors import HarnessError
 from competition.images import list_test_images, list_train_images
 from competition.infer import propose
+from competition.metrics import metric_for_kaggle_name
 from competition.spec import CATALOG, spec_from_config
 from tests.cli_runner import run_harness
-from tests.test_catalog import CASES, planet
+from tests.competition_layouts import CASES, planet
+from tests.fake_kaggle import FakeKaggle
 
 LAYOUT = ("train_layout", "train_dir", "test_dir", "extra_test_dirs", "id_column",
           "sample_submission", "submission_shape")
@@ -70,3 +72,62 @@ def test_init_says_what_it_could_not_find(tmp_path):
     (tmp_path / "sample_submission.csv").write_text("id,label\n1,0.5\n")
     with pytest.raises(HarnessError, match="none of its 'id' ids names an image"):
         propose(tmp_path)
+
+
+@pytest.mark.parametrize(("kaggle_name", "metric"), [
+    ("Area Under Receiver Operating Characteristic Curve", "roc_auc"),
+    ("AUC", "roc_auc"),
+    ("Mean Columnwise Area Under Receiver Operating Characteristic Curve", "mean_column_auc"),
+    ("Log Loss", "log_loss"),
+    ("Multi Class Log Loss", "log_loss"),
+    ("Categorization Accuracy", "accuracy"),
+    ("Quadratic Weighted Kappa", "quadratic_kappa"),
+    ("Mean F-Score Beta", "mean_f2"),
+    ("Micro-averaged F1-Score", "f1_micro"),
+    ("Root Mean Squared Error", "rmse"),
+    ("Mean F-Score", None),  # F1 averaged per image: not micro F1
+    ("Mean Average Precision @ 5", None),
+    ("Dice Coefficient", None),
+    ("", None),
+])
+def test_kaggle_metric_names_are_read_as_registry_entries(kaggle_name, metric):
+    assert metric_for_kaggle_name(kaggle_name) == metric
+
+
+def _init_against(fake: FakeKaggle, tmp_path, *args: str):
+    env = {"PATH": "/usr/bin:/bin", **fake.client_env(tmp_path / "home")}
+    return run_harness("init", "data", *args, cwd=tmp_path, env=env)
+
+
+def test_init_takes_the_metric_from_the_kaggle_record(tmp_path):
+    """Integer grades scored by kappa on Kaggle: the proposal becomes APTOS's ordinal table."""
+    CASES["aptos2019-blindness-detection"].build(tmp_path / "data")
+    fake = FakeKaggle(metric_names={"my-aptos": "Quadratic Weighted Kappa",
+                                    "my-aptos-2": "Log Loss"}).start()
+    try:
+        made = _init_against(fake, tmp_path, "--name", "my-aptos")
+        unknown = _init_against(fake, tmp_path, "--name", "nobodys-slug")
+    finally:
+        fake.stop()
+    assert made.returncode == 0, made.stderr
+    assert "ListCompetitions" in fake.calls
+    assert "check metric: quadratic_kappa, from the competition's Kaggle record " \
+           "('Quadratic Weighted Kappa')" in made.stdout
+    spec = spec_from_config(tomllib.loads((tmp_path / "my-aptos.toml").read_text())
+                            ["competition"])
+    entry = CATALOG["aptos2019-blindness-detection"]
+    for key in (*LAYOUT, "task", "metric", "classes", "label_column"):
+        assert getattr(spec, key) == getattr(entry, key), key
+    # A slug Kaggle does not list: the guess stays, and the note says why.
+    assert unknown.returncode == 0, unknown.stderr
+    assert "Kaggle lists no competition 'nobodys-slug'" in unknown.stdout
+    guessed = tomllib.loads((tmp_path / "nobodys-slug.toml").read_text())["competition"]
+    assert (guessed["task"], guessed["metric"]) == ("multiclass", "accuracy")
+
+
+def test_init_without_credentials_says_the_record_was_not_read(tmp_path):
+    CASES["aptos2019-blindness-detection"].build(tmp_path / "data")
+    made = run_harness("init", "data", "--name", "my-aptos", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "is a guess from the sample's shape" in made.stdout
+    assert "(no Kaggle credentials, so its record was not read)" in made.stdout
