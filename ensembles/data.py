@@ -100,7 +100,9 @@ def load_matrix(features_dir: Path, backbones: tuple[str, ...], tta: str, split:
     for path in paths[1:]:
         widths.append(int(read_attrs(path).get("feature_dim", 0)) or -1)
     X = None
-    if all(w > 0 for w in widths):
+    if len(paths) == 1:
+        X = first.features  # one backbone: its rows as read (float16 maps stay float16)
+    elif all(w > 0 for w in widths):
         X = np.empty((len(ids), sum(widths)), dtype=np.float32)
         X[:, :widths[0]] = first.features
     blocks = [first.features] if X is None else []

@@ -19,8 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +36,6 @@ from base.config import (
     positive_int,
     positive_number,
 )
-from base.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +248,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         """
         from sklearn.linear_model import LogisticRegression
 
-        check_params(HEADS["logreg"].params, self.get_params(), where=type(self).__name__,
+        check_params(LOGREG_PARAMS, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         X = _check_X(self, X, fitted=False)
         rows = _check_rows(X, rows)
@@ -326,6 +323,29 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         """The most probable class of each row."""
         proba = self.predict_proba(X)  # first: an unfitted head raises NotFittedError
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+def inner_split(n_rows: int, share: float, codes: np.ndarray | None, n_classes: int,
+                seed: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit positions, validation positions) of a Keras head's training rows: `share` held
+    out, stratified by `codes` (None for tags and values), seeded; sorted. With too few
+    rows for a stratified hold-out (tiny data sets, tiny folds) every row is fitted for
+    the full `epochs` instead of failing, with a warning."""
+    fit_pos = np.arange(n_rows)
+    held_out = math.ceil(share * n_rows)
+    too_few = held_out < 2 if codes is None else (held_out < n_classes
+                                                  or np.bincount(codes).min() < 2)
+    if share <= 0:
+        return fit_pos, np.zeros(0, dtype=np.int64)
+    if too_few:
+        logger.warning("%d training rows are too few for a %.0f%% validation split; "
+                       "training %d epochs without early stopping", n_rows, 100 * share, epochs)
+        return fit_pos, np.zeros(0, dtype=np.int64)
+    from sklearn.model_selection import train_test_split
+
+    fit_pos, val_pos = train_test_split(fit_pos, test_size=share, stratify=codes,
+                                        random_state=seed)
+    return np.sort(fit_pos), np.sort(val_pos)
 
 
 class DropoutHead(ClassifierMixin, BaseEstimator):
@@ -442,7 +462,7 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         """
         import keras
 
-        check_params(HEADS["dropout"].params, self.get_params(), where=type(self).__name__,
+        check_params(DROPOUT_PARAMS, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         X = _check_X(self, X, fitted=False)
         index = _check_rows(X, rows)
@@ -453,23 +473,8 @@ class DropoutHead(ClassifierMixin, BaseEstimator):
         target, codes = self._targets(y, len(index))
         self.n_features_in_ = X.shape[1]
         keras.utils.set_random_seed(int(self.seed))
-        fit_pos = np.arange(len(index))
-        val_pos = np.zeros(0, dtype=np.int64)
-        held_out = math.ceil(self.validation_split * len(fit_pos))
-        too_few = held_out < 2 if codes is None else (held_out < len(self.classes_)
-                                                      or np.bincount(codes).min() < 2)
-        if self.validation_split > 0 and too_few:
-            # Too few rows for a stratified hold-out (tiny data sets, tiny folds): train
-            # on every row for the full number of epochs instead of failing.
-            logger.warning("%d training rows are too few for a %.0f%% validation split; "
-                           "training %d epochs without early stopping", len(fit_pos),
-                           100 * self.validation_split, self.epochs)
-        elif self.validation_split > 0:
-            from sklearn.model_selection import train_test_split
-
-            fit_pos, val_pos = train_test_split(fit_pos, test_size=self.validation_split,
-                                                stratify=codes, random_state=self.seed)
-            fit_pos, val_pos = np.sort(fit_pos), np.sort(val_pos)
+        fit_pos, val_pos = inner_split(len(index), self.validation_split, codes,
+                                       len(self.classes_), int(self.seed), int(self.epochs))
         if self.standardize:
             self.mean_, self.scale_ = column_stats(X, index[fit_pos])
         model = self._build(X.shape[1], len(self.classes_))
@@ -567,7 +572,7 @@ class RidgeHead(RegressorMixin, BaseEstimator):
         """Fit on `X` (n, d) (or `X[rows]`) and values `y` (n,); returns self."""
         from sklearn.linear_model import RidgeCV
 
-        check_params(HEADS["ridge"].params, self.get_params(), where=type(self).__name__,
+        check_params(RIDGE_PARAMS, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         X = _check_X(self, X, fitted=False)
         rows = _check_rows(X, rows)
@@ -700,123 +705,40 @@ def _Monitor(head: DropoutHead, X: Any, y: Any, rows: Any = None):
     return Monitor(X, rows)
 
 
-# --- the head registry -------------------------------------------------------------------
+# --- parameter schemas (the registry, ensembles/registry.py, pairs them with classes) ---
 
 def _C_values(value: Any) -> bool:
     values = value if isinstance(value, (list, tuple)) else [value]
     return len(values) > 0 and all(positive_number().test(c) for c in values)
 
 
-TARGETS = ("classes", "tags", "value")
-
-
-@dataclass(frozen=True)
-class HeadKind:
-    """One registry entry: the estimator class for each target it fits (see
-    CompetitionSpec.target) and the schema of its parameters."""
-
-    name: str
-    estimators: dict[str, type[BaseEstimator]]
-    params: dict[str, Param]
-    description: str
-
-    @property
-    def estimator(self) -> type[BaseEstimator]:
-        """The estimator class for its first target (for defaults and checks)."""
-        return next(iter(self.estimators.values()))
-
-
-HEADS: dict[str, HeadKind] = {head.name: head for head in (
-    HeadKind("logreg", {"classes": LogisticHead, "tags": LogisticHead}, {
-        "C": Param(_C_values, "a positive number or a non-empty list of them"),
-        "scale": one_of(SCALES),
-        "C_rule": one_of(C_RULES),
-        "inner_folds": positive_int(2),
-        "inner_repeats": positive_int(),
-        "max_iter": positive_int(),
-        "tol": positive_number(),
-        "copy": boolean(),
-        "seed": integer(),
-    }, "scikit-learn logistic regression, C chosen by inner CV (one per tag for tags)"),
-    HeadKind("ridge", {"value": RidgeHead}, {
-        "alpha": Param(lambda v: all(positive_number().test(a) for a in
-                                     (v if isinstance(v, (list, tuple)) else [v]))
-                       and (not isinstance(v, (list, tuple)) or len(v) > 0),
-                       "a positive number or a non-empty list of them"),
-    }, "scikit-learn ridge regression, the penalty chosen by leave-one-out CV (values)"),
-    HeadKind("dropout", {"classes": DropoutHead, "tags": DropoutHead,
-                         "value": DropoutRegressor}, {
-        "dropout": fraction(),
-        "epochs": positive_int(),
-        "optimizer": one_of(KERAS2_LEARNING_RATES),
-        "learning_rate": Param(lambda v: v is None or positive_number().test(v),
-                               "a positive number"),
-        "batch_size": positive_int(),
-        "validation_split": fraction(),
-        "early_stopping": Param(lambda v: integer().test(v) and v >= 0,
-                                "a patience in epochs (0 = off)"),
-        "standardize": boolean(),
-        "seed": integer(),
-    }, "Keras Dropout -> Dense(sigmoid/softmax; linear for values), the seed recipe's head"),
-)}
-
-
-def get_head(head: str, *, ensemble: str) -> HeadKind:
-    """The registry entry `head`; an unknown name fails naming the ensemble."""
-    if head not in HEADS:
-        raise HarnessError(f"ensemble {ensemble!r}: unknown head {head!r}; known: "
-                           f"{', '.join(HEADS)}")
-    return HEADS[head]
-
-
-def head_params(head: str, params: Mapping[str, Any], *, ensemble: str,
-                also: Mapping[str, Any] = ()) -> dict[str, Any]:
-    """The head's own parameters from an ensemble's params, validated.
-
-    Args:
-        also: Keys another part of the run reads from the same table (not the head's):
-            skipped here, and listed among the known keys when one is misspelt.
-
-    Raises:
-        HarnessError: unknown head, unknown key (naming the ensemble, the key and the
-            known keys) or a bad value.
-    """
-    kind = get_head(head, ensemble=ensemble)
-    own = {key: value for key, value in params.items() if key not in also}
-    check_params(kind.params, own, where=f"ensemble {ensemble!r}", owner=f"head {head!r}",
-                 extra=also)
-    defaults = kind.estimator().get_params()
-    if head == "dropout" and own.get("early_stopping", defaults["early_stopping"]) \
-            and not own.get("validation_split", defaults["validation_split"]):
-        raise HarnessError(f"ensemble {ensemble!r}: early_stopping needs a validation_split "
-                           "(e.g. 0.1) to watch; set one or early_stopping = 0")
-    return own
-
-
-def check_target(head: str, target: str, *, ensemble: str) -> None:
-    """Raises HarnessError when head `head` cannot fit `target` (naming the heads that can)."""
-    kind = get_head(head, ensemble=ensemble)
-    if target not in kind.estimators:
-        able = [h.name for h in HEADS.values() if target in h.estimators]
-        raise HarnessError(f"ensemble {ensemble!r}: head {head!r} cannot fit this "
-                           f"competition's {target} target; use {' or '.join(able)}")
-
-
-def linear_head(target: str) -> str:
-    """The registry's linear head for `target`: logreg for classes and tags, ridge for
-    values (the default ensembles use it)."""
-    return "ridge" if target == "value" else "logreg"
-
-
-def make_head(head: str, params: Mapping[str, Any], *, ensemble: str,
-              also: Mapping[str, Any] = (), target: str = "classes") -> BaseEstimator:
-    """A fresh, unfitted head of kind `head` (a HEADS name) for `target` with `params`
-    (keys in `also` belong to another part of the run and are skipped, as in `head_params`).
-
-    Raises:
-        HarnessError: unknown head, one that cannot fit `target`, unknown parameter or bad
-            value, naming `ensemble`.
-    """
-    own = head_params(head, params, ensemble=ensemble, also=also)
-    check_target(head, target, ensemble=ensemble)
-    return HEADS[head].estimators[target](**own)
+LOGREG_PARAMS: dict[str, Param] = {
+    "C": Param(_C_values, "a positive number or a non-empty list of them"),
+    "scale": one_of(SCALES),
+    "C_rule": one_of(C_RULES),
+    "inner_folds": positive_int(2),
+    "inner_repeats": positive_int(),
+    "max_iter": positive_int(),
+    "tol": positive_number(),
+    "copy": boolean(),
+    "seed": integer(),
+}
+RIDGE_PARAMS: dict[str, Param] = {
+    "alpha": Param(lambda v: all(positive_number().test(a) for a in
+                                 (v if isinstance(v, (list, tuple)) else [v]))
+                   and (not isinstance(v, (list, tuple)) or len(v) > 0),
+                   "a positive number or a non-empty list of them"),
+}
+DROPOUT_PARAMS: dict[str, Param] = {
+    "dropout": fraction(),
+    "epochs": positive_int(),
+    "optimizer": one_of(KERAS2_LEARNING_RATES),
+    "learning_rate": Param(lambda v: v is None or positive_number().test(v),
+                           "a positive number"),
+    "batch_size": positive_int(),
+    "validation_split": fraction(),
+    "early_stopping": Param(lambda v: integer().test(v) and v >= 0,
+                            "a patience in epochs (0 = off)"),
+    "standardize": boolean(),
+    "seed": integer(),
+}

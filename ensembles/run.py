@@ -32,8 +32,9 @@ from ensembles.blend import blend, check_blend_params
 from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.decide import decide
-from ensembles.heads import check_target, head_params, linear_head, make_head
+from ensembles.finetune import check_maps_use, maps_source
 from ensembles.presets import default_ensembles, resolve_preset
+from ensembles.registry import check_target, head_params, linear_head, make_head
 from ensembles.report import report_table, write_report
 from ensembles.results import EnsembleResult, load_result, save_result, saved_key
 from ensembles.run_params import (
@@ -189,6 +190,8 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
     folds = _folds(config, train, ens.name)
     head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS,
                      target=config.spec.target)
+    if ens.head == "finetune":
+        head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name))
     fold_mean = config.cv.test_predictions == "fold-mean"
     test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
         if fold_mean else None
@@ -378,6 +381,7 @@ def check_ensembles(config: EnsemblesRun, names: Sequence[str] | None = None
                 raise HarnessError(f"ensemble {name!r}: {exc}") from None
         head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
         check_target(ens.head, config.spec.target, ensemble=name)
+        check_maps_use(ens.head, ens.backbones, ens.tta, ensemble=name, params=ens.params)
         if _ensemble_options(config, ens).calibrate != "none" \
                 and config.spec.target != "classes":
             raise HarnessError(f"ensemble {name!r}: calibrate applies to class "

@@ -1,6 +1,6 @@
 """The parameters the run stage itself reads from an ensemble's or a blend's table.
 
-An `[ensembles.NAME]` table mixes its head's parameters (the schema in ensembles.heads.HEADS)
+An `[ensembles.NAME]` table mixes its head's parameters (the schema in ensembles.registry.HEADS)
 with these; a `[blends.NAME]` table mixes its method's (ensembles.blend.BLEND_METHODS) with
 the clip ones. Like the registries' schemas they are `Param`s, checked when the config
 loads, and read here into one typed `RunOptions`.

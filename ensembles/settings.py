@@ -2,7 +2,7 @@
 `[cv]` and `[submission] clip` (the bounds are chosen out of fold, here).
 
 Heads and blend methods, and their parameters, come from the stage's registries
-(ensembles.heads.HEADS, ensembles.blend.BLEND_METHODS); `ensembles.run.check_ensembles`
+(ensembles.registry.HEADS, ensembles.blend.BLEND_METHODS); `ensembles.run.check_ensembles`
 checks the assembled sections against them when the configuration loads.
 """
 
@@ -17,7 +17,7 @@ from base.errors import HarnessError
 from base.workspace import Workspace
 from competition.spec import CompetitionSpec
 from ensembles.blend import BLEND_METHODS
-from ensembles.heads import HEADS
+from ensembles.registry import HEADS
 from ensembles.run_params import CLIP_FORMS, clip_setting
 from features.settings import TTA_MODES, FeaturesConfig
 

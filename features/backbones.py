@@ -1,12 +1,17 @@
 """The backbone registry: name -> Keras application, input size, preprocessing, width.
 
 Adding a backbone is one entry in `BACKBONES`; the tests are parametrized over it.
+Each backbone also names its `cut`: where its trainable top begins. `MAP_BACKBONES` holds,
+for each, a derived entry `<name>_maps` whose "features" are the cut layer's maps
+(flattened, stored as float16): `harness features` caches them like GAP features, and the
+`finetune` head (ensembles/finetune.py) trains the layers above the cut on them.
 Keras is imported lazily (inside the constructors and preprocess functions) so that
 checking whether cached features are still valid never pays TensorFlow's import time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import warnings
@@ -49,6 +54,12 @@ class BackboneSpec:
             name first.
         constructor_kwargs: Extra constructor arguments (e.g. MobileNet's alpha).
         min_input_size: The smallest input the architecture accepts (for fast tests).
+        cut: The layer at which the trainable top begins: the cached maps are this
+            layer's output, or with `cut_input` its input (Keras names auto-numbered
+            layers such as `add_11` differently per session, so the cut names a layer
+            whose name is fixed).
+        map_shape: (height, width, channels) of the maps at `input_size`.
+        maps_of: For a `_maps` entry, the backbone it cuts ("" for a GAP backbone).
     """
 
     name: str
@@ -59,6 +70,21 @@ class BackboneSpec:
     weight_files: tuple[str, ...]
     constructor_kwargs: dict = field(default_factory=dict)
     min_input_size: int = 32
+    cut: str = ""
+    cut_input: bool = False
+    map_shape: tuple[int, int, int] = (0, 0, 0)
+    maps_of: str = ""
+
+    @property
+    def weights_name(self) -> str:
+        """The backbone whose weight files this entry loads (a `_maps` entry: its base)."""
+        return self.maps_of or self.name
+
+    @property
+    def storage_dtype(self) -> str:
+        """What its features are stored as: float16 for maps (half the disk; bench/
+        finetune.py measures the difference it makes), float32 for GAP features."""
+        return "float16" if self.maps_of else "float32"
 
     @property
     def preprocess_name(self) -> str:
@@ -72,10 +98,19 @@ class BackboneSpec:
             weights: None (random init), "imagenet", or a weights file path.
             input_size: Square input size; default the native one.
 
+        A `_maps` entry's model outputs its cut layer's maps, flattened: (B, h * w * c).
+
         Raises:
             HarnessError: the file is not this backbone's weights, or the ImageNet weights
                 cannot be downloaded (no internet): one line naming the file and the fix.
         """
+        if self.maps_of:
+            import keras
+
+            base = get_backbone(self.maps_of)
+            model = base.build(weights, input_size)
+            return keras.Model(model.input, keras.layers.Flatten()(base.cut_tensor(model)),
+                               name=self.name)
         size = input_size or self.input_size
         from_file = weights not in (None, "imagenet")
         try:
@@ -114,6 +149,18 @@ class BackboneSpec:
         return model
 
 
+    def cut_tensor(self, model: Any) -> Any:
+        """The tensor of `model` (built by `build`) at which its trainable top begins."""
+        layer = model.get_layer(self.cut)
+        return layer.input if self.cut_input else layer.output
+
+    def top(self, model: Any) -> Any:
+        """The layers of `model` above the cut, as a model from maps to GAP features."""
+        import keras
+
+        return keras.Model(self.cut_tensor(model), model.output, name=f"{self.name}_top")
+
+
 def _download_failed(exc: BaseException) -> bool:
     """Keras' `get_file` raises a bare Exception("URL fetch failure ...") without internet,
     a ValueError when the downloaded file's hash is wrong; sockets raise OSError."""
@@ -136,6 +183,8 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "resnet50_imagenet_notop.weights.h5",
             ),
             min_input_size=32,
+            cut="conv4_block6_out",  # before conv5 (its last 3 blocks)
+            map_shape=(14, 14, 1024),
         ),
         BackboneSpec(
             name="inception_v3",
@@ -148,6 +197,9 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "inception_v3_imagenet_notop.weights.h5",
             ),
             min_input_size=75,
+            # The Keras fine-tuning guide's cut: layers[:249] frozen, mixed8 is layer 248.
+            cut="mixed8",
+            map_shape=(8, 8, 1280),
         ),
         BackboneSpec(
             name="xception",
@@ -160,6 +212,11 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "xception_imagenet_notop.weights.h5",
             ),
             min_input_size=71,
+            # Before block14, the exit flow's last block: block13 too (from 19x19x728 maps)
+            # trains at 26 against 65 images/s on 2 cores and takes 2.6x the disk.
+            cut="block14_sepconv1",
+            cut_input=True,
+            map_shape=(10, 10, 1024),
         ),
         BackboneSpec(
             name="vgg16",
@@ -172,6 +229,8 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "vgg16_imagenet_notop.weights.h5",
             ),
             min_input_size=32,
+            cut="block4_pool",
+            map_shape=(14, 14, 512),
         ),
         BackboneSpec(
             name="mobilenet_025",
@@ -185,17 +244,33 @@ BACKBONES: dict[str, BackboneSpec] = {
             ),
             constructor_kwargs={"alpha": 0.25},
             min_input_size=32,
+            cut="conv_pw_11_relu",  # before its last two depthwise blocks (12, 13)
+            map_shape=(14, 14, 128),
         ),
     )
 }
 
 
+def _maps_entry(spec: BackboneSpec) -> BackboneSpec:
+    height, width, channels = spec.map_shape
+    return dataclasses.replace(spec, name=f"{spec.name}_maps",
+                               feature_dim=height * width * channels, maps_of=spec.name)
+
+
+# `<backbone>_maps`: the cut layer's maps of each backbone, for the finetune head.
+MAP_BACKBONES: dict[str, BackboneSpec] = {
+    entry.name: entry for entry in map(_maps_entry, BACKBONES.values())
+}
+KNOWN_BACKBONES: dict[str, BackboneSpec] = {**BACKBONES, **MAP_BACKBONES}
+
+
 def get_backbone(name: str) -> BackboneSpec:
-    """The registry entry `name`; an unknown name fails listing the known ones."""
+    """The registry entry `name` (a backbone or a `_maps` entry); an unknown name fails
+    listing the known ones."""
     try:
-        return BACKBONES[name]
+        return KNOWN_BACKBONES[name]
     except KeyError:
         raise HarnessError(
-            f"unknown backbone {name!r}; known: {', '.join(BACKBONES)} "
+            f"unknown backbone {name!r}; known: {', '.join(KNOWN_BACKBONES)} "
             "(set [features] backbones in the config)"
         ) from None

@@ -298,6 +298,9 @@ def _parts_for(spec: BackboneSpec, tta: str, weights: WeightsChoice, precision: 
     }
     if precision == "int8":  # only there: other precisions' fingerprints are unchanged
         parts["quantization"] = quantization
+    if spec.maps_of:  # only there, as for int8
+        parts["maps"] = (f"{spec.maps_of} {'input' if spec.cut_input else 'output'} of "
+                         f"{spec.cut} {list(spec.map_shape)} {spec.storage_dtype}")
     return parts
 
 
@@ -345,6 +348,11 @@ def _validate(requests: Sequence[tuple[str, str]], weights: Mapping[str, Weights
         get_backbone(backbone)
         if tta not in TTA_MODES:
             raise HarnessError(f"tta {tta!r} for {backbone} is not one of {', '.join(TTA_MODES)}")
+        if tta != "none" and get_backbone(backbone).maps_of:
+            # Averaged maps of several views are no image's maps: the top would be
+            # trained on something no test image gives.
+            raise HarnessError(f"{backbone}: maps are cached without test-time augmentation; "
+                               "set tta = 'none' for ensembles of _maps backbones")
         if backbone not in weights:
             raise HarnessError(f"no weights chosen for {backbone}; resolve_weights() it first")
     if shard is not None:
@@ -397,7 +405,10 @@ def _attrs(job: _Job, train: ImageList, precision: str) -> dict:
         "backbone": job.spec.name,
         "input_size": job.spec.input_size,
         "feature_dim": job.spec.feature_dim,
+        "feature_dtype": job.spec.storage_dtype,
         "weights": job.weights.identity,
+        # What to load again (the finetune head rebuilds the top above a maps cut).
+        "weights_source": job.weights.keras_arg or "none",
         "tta": job.tta,
         "preprocessing": job.parts["preprocessing"],
         "precision": precision,
@@ -532,7 +543,8 @@ def _run_split(split: str, images: ImageList, jobs: list[_Job], forwards: dict, 
             for job, (values, seconds) in zip(wanted, outs):
                 job.seconds += seconds
                 job.computed += len(batch_rows)
-                part_store.write_part(job.folder, split, batch_rows, ids, values, reasons)
+                part_store.write_part(job.folder, split, batch_rows, ids, values, reasons,
+                                      job.spec.storage_dtype)
                 job.done[split][batch_rows] = True
             bar.update(len(batch_rows))
 

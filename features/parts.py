@@ -37,14 +37,15 @@ def _parts(folder: Path, split: str) -> list[Path]:
 
 
 def write_part(folder: Path, split: str, rows: np.ndarray, ids: list[str],
-               features: np.ndarray, reasons: list[str]) -> Path:
-    """Write one batch atomically: a reader sees the whole part or none of it."""
+               features: np.ndarray, reasons: list[str], dtype: str = "float32") -> Path:
+    """Write one batch atomically (features as `dtype`): a reader sees the whole part or
+    none of it."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{split}-{int(rows[0]):09d}-{len(rows):05d}.npz"
     with atomic_path(final) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, rows=np.asarray(rows, dtype=np.int64),
                  ids=np.asarray(ids, dtype=str),
-                 features=np.asarray(features, dtype=np.float32),
+                 features=np.asarray(features, dtype=dtype),
                  reasons=np.asarray(reasons, dtype=str))
     return final
 
@@ -120,7 +121,8 @@ def assemble(folder: Path, final_path: Path, train: ImageList, test: ImageList,
             if split == "train" and images.labels is not None:
                 labels = np.asarray(images.labels)[keep]
             writer.add_split(split, [i for i, k in zip(images.ids, keep) if k], feature_dim,
-                             labels=labels, bad=pairs)
+                             labels=labels, bad=pairs,
+                             dtype=attrs.get("feature_dtype", "float32"))
             for part in _iter_parts(folder, split):
                 rows, values = part["rows"], part["features"]
                 if split == "test":

@@ -15,7 +15,7 @@ from base.config import check_keys, choice, name_list, resolve_path, table, wher
 from base.errors import HarnessError
 from base.workspace import Workspace
 from competition.spec import CompetitionSpec
-from features.backbones import BACKBONES
+from features.backbones import BACKBONES, KNOWN_BACKBONES
 from features.engines import ENGINE_CHOICES, check_precision
 from features.ray_engine import check_cluster
 
@@ -92,11 +92,12 @@ def parse_features(raw: dict, base: Path, source: Path | None) -> FeaturesConfig
                               source).items()})
     backbones = name_list(raw.get("backbones", list(DEFAULT_BACKBONES)), "[features] backbones",
                           source)
-    for name, what in ([(b, "[features] backbones (or --backbones)") for b in backbones]
-                       + [(b, "[features] weights_for") for b in weights_for]):
-        if name not in BACKBONES:
+    for name, what, known in (
+            [(b, "[features] backbones (or --backbones)", KNOWN_BACKBONES) for b in backbones]
+            + [(b, "[features] weights_for", BACKBONES) for b in weights_for]):
+        if name not in known:
             raise HarnessError(f"{where(source)}: {what}: unknown backbone {name!r}; known: "
-                               f"{', '.join(BACKBONES)}")
+                               f"{', '.join(known)}")
     cluster: Any = raw.get("cluster", "auto")
     precision = choice(raw.get("precision", "float32"), PRECISIONS, "[features] precision", source)
     engine = choice(raw.get("engine", "auto"), ENGINE_CHOICES, "[features] engine", source)

@@ -129,7 +129,8 @@ def _merge_split(writer: FeatureFileWriter, paths: list[Path], bad: list[dict], 
             labels[shard_of == s] = shard_labels[row_of[shard_of == s]]
     bad_all.sort(key=lambda pair: natural_key(pair[0]))
     writer.add_split(split, [i for i, _, _ in ids_all], int(first["feature_dim"]),
-                     labels=labels, bad=bad_all)
+                     labels=labels, bad=bad_all,
+                     dtype=str(first.get("feature_dtype", "float32")))
     # One shard at a time keeps memory at one shard's features, not the whole file's.
     for s, path in enumerate(paths):
         mine = np.flatnonzero(shard_of == s)

@@ -7,6 +7,7 @@ and fixtures) and read through `load_split`, `read_attrs`, `read_ids` and `read_
 Layout:
 
     /train/features  (N, D) float32   GAP features, one row per readable train image
+                                      (float16: a `_maps` entry's flattened cut maps)
     /train/ids       (N,)   str       image ids, aligned with the rows
     /train/labels    (N,)   int64     class indices into the `classes` attribute; for
                      (N, T) int64 multilabel tasks 0/1 per tag, for regression (N,) float64
@@ -15,7 +16,7 @@ Layout:
     /test/ids        (M,)   str
     /test/failed     (F, 2) str       [id, reason] of test images that could not be read
 
-Root attributes: backbone, input_size, feature_dim, weights (identity), tta,
+Root attributes: backbone, input_size, feature_dim, feature_dtype, weights (identity), tta,
 preprocessing, precision, engine, executor, classes (JSON), library versions, fingerprint
 and fingerprint_parts (JSON), complete (bool); shard files add shard and full_*; merged
 files merged_from.
@@ -52,7 +53,7 @@ class FeatureSplit:
 
     Attributes:
         ids: (N,) array of str ids.
-        features: (N, D) float32.
+        features: (N, D) float32 (float16 for a `_maps` entry's maps).
         labels: (N,) int64 class indices (train) or None (test).
         failed: (N,) bool, True for rows whose image could not be read (test only;
             failed train images have no row at all).
@@ -101,7 +102,9 @@ def load_split(path: Path, split: str) -> FeatureSplit:
             raise HarnessError(f"{path} has no /{split} group; rerun `harness features --force`")
         group = f[split]
         ids = _strings(group["ids"])
-        features = group["features"][()].astype(np.float32, copy=False)
+        features = group["features"][()]
+        if features.dtype != np.float16:  # maps stay float16 in memory too: half the RAM
+            features = features.astype(np.float32, copy=False)
         labels = _labels(group["labels"]) if "labels" in group else None
         failed = np.zeros(len(ids), dtype=bool)
         if "failed" in group and len(group["failed"]):
@@ -125,12 +128,13 @@ class FeatureFileWriter:
 
     def add_split(self, split: str, ids: Sequence[str], feature_dim: int, *,
                   labels: Sequence[int] | np.ndarray | None = None,
-                  bad: Sequence[tuple[str, str]] = ()) -> None:
-        """Create /`split`: ids, zero features (N, feature_dim), labels (train) and the
-        [id, reason] table of bad images (/train/skipped or /test/failed)."""
+                  bad: Sequence[tuple[str, str]] = (), dtype: str = "float32") -> None:
+        """Create /`split`: ids, zero features (N, feature_dim) of `dtype` (float16 for
+        maps), labels (train) and the [id, reason] table of bad images (/train/skipped or
+        /test/failed)."""
         group = self._handle.create_group(split)
         rows = len(ids)
-        group.create_dataset("features", shape=(rows, feature_dim), dtype="f4",
+        group.create_dataset("features", shape=(rows, feature_dim), dtype=np.dtype(dtype),
                              chunks=_chunks(rows, feature_dim), maxshape=(None, feature_dim),
                              fillvalue=0.0)
         group.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=STRING,
@@ -150,8 +154,8 @@ class FeatureFileWriter:
         if not len(rows):
             return
         order = np.argsort(rows, kind="stable")
-        rows, values = rows[order], np.asarray(values, dtype=np.float32)[order]
         features = self._handle[split]["features"]
+        rows, values = rows[order], np.asarray(values, dtype=features.dtype)[order]
         if rows[-1] - rows[0] + 1 == len(rows):
             features[int(rows[0]):int(rows[-1]) + 1] = values
         else:

@@ -94,7 +94,7 @@ def resolve_weights(backbone: str, features: FeaturesConfig,
     Raises:
         HarnessError: unknown backbone, missing file or weights folder entry.
     """
-    get_backbone(backbone)
+    backbone = get_backbone(backbone).weights_name  # a `_maps` entry loads its base's
     if backbone in features.weights_for:
         return _from_value(features.weights_for[backbone], backbone,
                            f"[features.weights_for] {backbone}")

@@ -214,10 +214,13 @@ def _ask_kaggle_for_metric(proposal) -> None:
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:
-    from features.backbones import BACKBONES
+    from features.backbones import KNOWN_BACKBONES
 
-    for name, spec in BACKBONES.items():
-        print(f"{name:14s} {spec.input_size:4d} px  {spec.feature_dim:5d} features")
+    for name, spec in KNOWN_BACKBONES.items():
+        what = (f"{'x'.join(map(str, spec.map_shape))} maps at the "
+                f"{'input' if spec.cut_input else 'output'} of {spec.cut} (finetune head)"
+                if spec.maps_of else "GAP features")
+        print(f"{name:18s} {spec.input_size:4d} px  {spec.feature_dim:6d} {what}")
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:

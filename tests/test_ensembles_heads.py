@@ -7,7 +7,8 @@ import pytest
 from sklearn.base import clone
 
 from base.errors import HarnessError
-from ensembles.heads import DropoutHead, LogisticHead, column_stats, make_head
+from ensembles.heads import DropoutHead, LogisticHead, column_stats
+from ensembles.registry import make_head
 from ensembles.run_params import ENSEMBLE_RUN_PARAMS
 
 

@@ -1,0 +1,327 @@
+"""The finetune head: a backbone's layers above its cut, trained on the cut's cached maps.
+
+A `<backbone>_maps` feature file holds each image's maps at the backbone's cut (flattened,
+float16; features/backbones.py). On a CPU, training the whole backbone is hours per epoch;
+training only the layers above the cut is not, because the frozen part ran once, during
+`harness features`. This head rebuilds the backbone from the weights the maps were made
+with, keeps the layers above the cut (the "top"), and trains them in the two phases of the
+Keras fine-tuning guide:
+
+1. the dropout head alone (`DropoutHead`: Dropout -> Dense) on the top's GAP output,
+   computed once with the top frozen, so the new layer does not start random when the top
+   starts moving;
+2. the top and that head together with a small learning rate (SGD 1e-4, momentum 0.9: the
+   seed recipe's), BatchNormalization layers frozen and in inference mode (their ImageNet
+   statistics; a few hundred images would overwrite them), early stopping on the same
+   stratified inner split as phase 1. If no epoch scores better on it than phase 1 did,
+   phase 1's weights are kept: fine-tuning can only help on the inner split.
+
+It is a head like the others: scikit-learn's contract (fit(X, y, rows=...), predict_proba),
+scored out of fold on the ensemble's folds, blendable, cached by its parameters. `backbone`
+and `weights` are not the user's to set: the ensembles run takes them from the feature
+file (`maps_source`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from base.config import Param, check_params, fraction, integer, positive_int, positive_number
+from base.errors import HarnessError
+from base.hashing import cached_file_sha256
+from ensembles.heads import (
+    DROPOUT_PARAMS,
+    DropoutHead,
+    DropoutRegressor,
+    _batches_class,
+    _check_rows,
+    inner_split,
+)
+from features.backbones import MAP_BACKBONES, get_backbone
+from features.store import feature_path, read_attrs
+
+logger = logging.getLogger(__name__)
+
+PREDICT_ROWS = 64  # maps per forward pass at prediction (a 10x10x1024 map is 400 KB)
+
+FINETUNE_PARAMS: dict[str, Param] = {
+    "backbone": Param(lambda v: v == "" or v in MAP_BACKBONES, "a `_maps` backbone name"),
+    "weights": Param(lambda v: v is None or isinstance(v, str), "a weights file or None"),
+    "dropout": fraction(),
+    "head_epochs": positive_int(),
+    "epochs": Param(lambda v: integer().test(v) and v >= 0, "a number of epochs (0 = off)"),
+    "learning_rate": positive_number(),
+    "momentum": fraction(),
+    "batch_size": positive_int(),
+    "validation_split": Param(lambda v: fraction().test(v) and v > 0,
+                              "a fraction above 0 (early stopping needs it)"),
+    "early_stopping": positive_int(),
+    "seed": integer(),
+}
+# Set by the ensembles run from the feature file, never in a config.
+INJECTED = ("backbone", "weights")
+
+
+class FinetuneHead(ClassifierMixin, BaseEstimator):
+    """The layers of `backbone`'s base above its cut, then Dropout -> Dense, trained on
+    flattened maps X (n, h * w * c) of a `_maps` feature file (see the module docstring).
+
+    Args:
+        backbone: The `_maps` entry whose maps X holds (e.g. "xception_maps").
+        weights: What the maps were made with: a weights file, "imagenet" or None.
+        dropout: Dropout rate before the Dense layer.
+        head_epochs: Phase 1's most epochs (Adam, early stopping as the dropout head's).
+        epochs: Phase 2's most epochs (0: phase 1 only, the frozen top).
+        learning_rate, momentum: Phase 2's SGD.
+        batch_size: Maps per gradient step in phase 2.
+        validation_split: Fraction of the training rows held out (stratified) to stop on.
+        early_stopping: Patience in epochs of phase 2 on the held-out loss.
+        seed: Seeds Keras (dropout, shuffling) and the inner split.
+
+    `history_` holds phase 2's per-epoch loss and val_loss (val_loss[0] is phase 1's),
+    `phase1_loss_`/`best_loss_` the held-out loss before and after phase 2.
+    """
+
+    _fits_values = False
+
+    def __init__(self, backbone: str = "", weights: str | None = None, dropout: float = 0.5,
+                 head_epochs: int = 30, epochs: int = 6, learning_rate: float = 1e-4,
+                 momentum: float = 0.9, batch_size: int = 32, validation_split: float = 0.1,
+                 early_stopping: int = 2, seed: int = 0):
+        self.backbone = backbone
+        self.weights = weights
+        self.dropout = dropout
+        self.head_epochs = head_epochs
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.validation_split = validation_split
+        self.early_stopping = early_stopping
+        self.seed = seed
+
+    def _maps_spec(self):
+        spec = get_backbone(self.backbone) if self.backbone else None
+        if spec is None or not spec.maps_of:
+            raise HarnessError(f"the finetune head trains on a `_maps` backbone's maps, not "
+                               f"{self.backbone!r}; set the ensemble's backbones to one, e.g. "
+                               "[\"xception_maps\"] (and extract it with `harness features`)")
+        return spec
+
+    def _check_X(self, X: Any, spec) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != spec.feature_dim:
+            raise ValueError(f"X must hold {spec.name}'s flattened maps "
+                             f"{list(spec.map_shape)} ({spec.feature_dim} columns per row), "
+                             f"got shape {X.shape}")
+        if X.dtype not in (np.float16, np.float32):
+            X = X.astype(np.float32)
+        return X
+
+    def _top(self, spec):
+        """The layers above the cut of the base backbone, BatchNormalization frozen."""
+        import keras
+
+        base = get_backbone(spec.maps_of)
+        top = base.top(base.build(self.weights))
+        for layer in top.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        return top
+
+    def _gap(self, top, X: np.ndarray, rows: np.ndarray, shape) -> np.ndarray:
+        """The frozen top's GAP output for X[rows], in float32 batches."""
+        out = [np.asarray(top(X[rows[i:i + PREDICT_ROWS]].astype(np.float32)
+                              .reshape(-1, *shape), training=False))
+               for i in range(0, len(rows), PREDICT_ROWS)]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, top.output.shape[-1]))
+
+    def fit(self, X: Any, y: Any, rows: Any = None) -> FinetuneHead:
+        """Fit on maps `X` (n, h * w * c) and labels `y` (aligned to `rows` when given:
+        fit on X[rows], batches read from X without copying it); returns self."""
+        import keras
+
+        check_params(FINETUNE_PARAMS, self.get_params(), where=type(self).__name__,
+                     error=ValueError)
+        spec = self._maps_spec()
+        X = self._check_X(X, spec)
+        index = _check_rows(X, rows)
+        index = np.arange(len(X)) if index is None else index
+        keras.utils.set_random_seed(int(self.seed))
+        top = self._top(spec)
+        head_params = {key: value for key, value in
+                       {"dropout": self.dropout, "epochs": self.head_epochs,
+                        "validation_split": self.validation_split,
+                        "seed": self.seed}.items() if key in DROPOUT_PARAMS}
+        head = (DropoutRegressor if self._fits_values else DropoutHead)(**head_params)
+        # Phase 1: the dropout head on the frozen top's GAP output. Its inner split is
+        # inner_split(...) with these arguments, the same as phase 2's below.
+        head.fit(self._gap(top, X, index, spec.map_shape), y)
+        target, codes = head._targets(y, len(index))
+        self.classes_, self.target_ = head.classes_, head.target_
+        fit_pos, val_pos = inner_split(len(index), self.validation_split, codes,
+                                       len(self.classes_), int(self.seed), int(self.epochs))
+        maps = keras.Input((spec.feature_dim,), dtype="float32")
+        x = keras.layers.Reshape(spec.map_shape)(maps)
+        model = keras.Model(maps, head.model_(top(x, training=False)))
+        self.history_ = {"loss": [], "val_loss": []}
+        self.phase1_loss_ = self.best_loss_ = float("nan")
+        if self.epochs and len(val_pos):
+            self._phase2(model, head, X, index, target, fit_pos, val_pos)
+        self.head_, self.model_ = head, model
+        self.n_features_in_ = X.shape[1]
+        self.n_epochs_ = len(self.history_["loss"])
+        return self
+
+    def _phase2(self, model, head, X, index, target, fit_pos, val_pos) -> None:
+        """The top and the head together, SGD, early stopping; phase 1 kept unless beaten."""
+        import keras
+
+        model.compile(optimizer=keras.optimizers.SGD(float(self.learning_rate),
+                                                     momentum=float(self.momentum)),
+                      loss=head.model_.loss)
+        Batches = _batches_class()
+        batches = Batches(X, index[fit_pos], target[fit_pos], int(self.batch_size),
+                          int(self.seed))
+        validation = Batches(X, index[val_pos], target[val_pos], PREDICT_ROWS, None)
+        keep = _KeepBest(int(self.early_stopping))
+        try:
+            keep.set_model(model)
+            keep.start(float(model.evaluate(validation, verbose=0)))
+            history = model.fit(batches, validation_data=validation, epochs=int(self.epochs),
+                                callbacks=[keep], verbose=0)
+        finally:
+            batches.release()
+            validation.release()
+        self.history_ = {"loss": [math.nan] + [float(v) for v in history.history["loss"]],
+                         "val_loss": [keep.initial]
+                         + [float(v) for v in history.history["val_loss"]]}
+        self.phase1_loss_, self.best_loss_ = keep.initial, keep.best
+        logger.info("finetune %s: held-out loss %.4f after the head, %.4f after %d epochs "
+                    "of the top", self.backbone, keep.initial, keep.best,
+                    len(history.history["loss"]))
+
+    def _outputs(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        X = self._check_X(X, self._maps_spec())
+        out = [np.asarray(self.model_(X[i:i + PREDICT_ROWS].astype(np.float32),
+                                      training=False), dtype=np.float64)
+               for i in range(0, len(X), PREDICT_ROWS)]
+        width = self.model_.output.shape[-1]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, width))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class (or tag) probabilities, (n, len(classes_)), in `classes_` order."""
+        out = self._outputs(X)
+        if self.target_ == "classes" and out.shape[1] == 1:
+            return np.hstack([1.0 - out, out])
+        return out
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+class FinetuneRegressor(RegressorMixin, FinetuneHead):
+    """The finetune head with a linear output on squared error: regression targets and
+    ordinal grades (see DropoutRegressor)."""
+
+    _fits_values = True
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The predicted value of each row, in the target's units."""
+        head = self.head_
+        return self._outputs(X)[:, 0] * head.y_scale_ + head.y_mean_
+
+
+def _KeepBest(patience: int):
+    """A Keras callback: early stopping on val_loss that counts the loss before training
+    (`start(loss)`) as an epoch to beat, and ends with the best weights seen, phase 1's
+    when no epoch beat it."""
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        def start(self, loss: float) -> None:
+            self.initial = self.best = loss
+            self.weights = self.model.get_weights()
+            self.wait = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = float(logs["val_loss"])
+            if loss < self.best:
+                self.best, self.weights, self.wait = loss, self.model.get_weights(), 0
+            else:
+                self.wait += 1
+                if self.wait >= patience:
+                    self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            self.model.set_weights(self.weights)
+
+    return KeepBest()
+
+
+def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble: str,
+                   params: dict | None = None) -> None:
+    """A finetune ensemble has exactly one `_maps` backbone, no TTA, and leaves `backbone`
+    and `weights` to the run; maps feed no other head (a linear model on 100,000 map
+    values per image is not what they are for).
+
+    Raises:
+        HarnessError: naming the ensemble and the fix.
+    """
+    maps = [b for b in backbones if get_backbone(b).maps_of]
+    if head != "finetune":
+        if maps:
+            raise HarnessError(f"ensemble {ensemble!r}: {maps} hold maps for the finetune "
+                               f"head, not features for {head!r}; use their backbones "
+                               f"({[get_backbone(b).maps_of for b in maps]}) or head = "
+                               "\"finetune\"")
+        return
+    if len(backbones) != 1 or not maps:
+        raise HarnessError(f"ensemble {ensemble!r}: the finetune head trains on one `_maps` "
+                           f"backbone's maps, not {list(backbones)}; set backbones = "
+                           "[\"xception_maps\"] (or another <backbone>_maps)")
+    if tta != "none":
+        raise HarnessError(f"ensemble {ensemble!r}: the finetune head has no test-time "
+                           "augmentation; set tta = \"none\"")
+    given = sorted(set(params or {}) & set(INJECTED))
+    if given:
+        raise HarnessError(f"ensemble {ensemble!r}: {given} of the finetune head come from "
+                           "the maps' feature file (its backbone and weights); remove them")
+
+
+def maps_source(features_dir, backbones: tuple[str, ...], tta: str, *,
+                ensemble: str) -> dict[str, Any]:
+    """The finetune head's `backbone` and `weights`, from the ensemble's feature file.
+
+    Raises:
+        HarnessError: not exactly one `_maps` backbone, or the weights the maps were made
+            with are no longer there (or changed): naming the ensemble and the fix.
+    """
+    check_maps_use("finetune", backbones, tta, ensemble=ensemble)
+    path = feature_path(features_dir, backbones[0], tta)
+    attrs = read_attrs(path)
+    source = str(attrs.get("weights_source", ""))
+    identity = str(attrs.get("weights", ""))
+    if source in ("", "none"):
+        return {"backbone": backbones[0], "weights": None}
+    if source != "imagenet" and not (identity.startswith("sha256:")
+                                     and _same_file(source, identity)):
+        raise HarnessError(f"ensemble {ensemble!r}: {path} was made with the weights "
+                           f"file {source}, which is gone or changed; re-extract with "
+                           "`harness features --force` or restore the file")
+    return {"backbone": backbones[0], "weights": source}
+
+
+def _same_file(path: str, identity: str) -> bool:
+    try:
+        return f"sha256:{cached_file_sha256(path)}" == identity
+    except OSError:
+        return False

@@ -1,0 +1,237 @@
+"""Fine-tuning the top of a backbone from cached maps: the cut, the maps files, the head.
+
+The maps are MobileNet-0.25's with its genuine ImageNet weights (../shared/weights): a
+random-init network's activations are ~1e-16, below what float16 stores.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from base.errors import HarnessError
+from base.hashing import cached_file_sha256
+from ensembles.finetune import FinetuneHead, FinetuneRegressor
+from features.backbones import BACKBONES, MAP_BACKBONES, get_backbone
+from features.extract import extract_features
+from features.shards import merge_shards
+from features.store import feature_path, load_split, read_attrs
+from features.weights import WeightsChoice
+from tests.cli_runner import mobilenet_toml
+from tests.features_fixtures import image_lists, make_dataset
+from tests.shared_assets import MOBILENET_WEIGHTS, shared_dir
+
+GAP_AND_MAPS = [("mobilenet_025", "none"), ("mobilenet_025_maps", "none")]
+
+
+@pytest.fixture(autouse=True)
+def hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def genuine_mobilenet(folder=None) -> WeightsChoice:
+    path = shared_dir() / MOBILENET_WEIGHTS
+    if folder is not None:
+        path = shutil.copy(path, folder / path.name)
+    return WeightsChoice(str(path), f"sha256:{cached_file_sha256(path)}")
+
+
+def extract(data, out, weights, **kwargs):
+    train, test = image_lists(data)
+    return extract_features(train, test, GAP_AND_MAPS, {b: weights for b, _ in GAP_AND_MAPS},
+                            out, batch_size=4, progress=False, engine="tensorflow", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def maps_data(tmp_path_factory):
+    """16 training and 5 test images, their GAP features and maps (one extraction)."""
+    root = tmp_path_factory.mktemp("maps")
+    data = make_dataset(root / "data", n_train=16, n_test=5)
+    weights = genuine_mobilenet()
+    extract(data, root / "features", weights)
+    return root, weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_each_backbone_is_cut_where_the_registry_says(name):
+    base = BACKBONES[name]
+    maps = MAP_BACKBONES[f"{name}_maps"]
+    model = base.build(None)
+    cut = base.cut_tensor(model)
+    assert tuple(cut.shape[1:]) == base.map_shape == maps.map_shape
+    assert maps.feature_dim == int(np.prod(base.map_shape))
+    assert tuple(base.top(model).output.shape) == (None, base.feature_dim)
+    if name == "inception_v3":  # the Keras guide's recipe: layers[:249] frozen
+        assert model.layers.index(model.get_layer("mixed8")) == 248
+    assert maps.weights_name == name and maps.weight_files == base.weight_files
+
+
+def test_cached_maps_through_the_top_give_the_gap_features(maps_data):
+    root, weights = maps_data
+    gap_path = feature_path(root / "features", "mobilenet_025")
+    maps_path = feature_path(root / "features", "mobilenet_025_maps")
+    with h5py.File(maps_path, "r") as handle:
+        assert handle["train/features"].dtype == np.float16
+        assert handle["train/features"].shape == (16, 14 * 14 * 128)
+    attrs = read_attrs(maps_path)
+    assert attrs["feature_dtype"] == "float16" and attrs["weights_source"] == weights.keras_arg
+    assert "conv_pw_11_relu" in attrs["fingerprint_parts"]
+    spec = get_backbone("mobilenet_025")
+    top = spec.top(spec.build(weights.keras_arg))
+    for split in ("train", "test"):
+        gap, maps = load_split(gap_path, split), load_split(maps_path, split)
+        assert list(gap.ids) == list(maps.ids)
+        assert maps.features.dtype == np.float16
+        through = np.asarray(top(maps.features.astype(np.float32).reshape(-1, 14, 14, 128),
+                                 training=False))
+        # float16 maps (3 significant digits) against float32 ones
+        scale = float(np.abs(gap.features).max())
+        np.testing.assert_allclose(through, gap.features, atol=5e-3 * scale)
+
+
+def test_maps_shard_and_merge_like_gap_features(maps_data, tmp_path):
+    root, weights = maps_data
+    data = root / "data"
+    for i in (1, 2):
+        extract(data, tmp_path, weights, shard=(i, 2))
+    merged = merge_shards(tmp_path, "mobilenet_025_maps", "none", 2)
+    with h5py.File(merged, "r") as handle:
+        assert handle["test/features"].dtype == np.float16
+    for split in ("train", "test"):
+        whole = load_split(feature_path(root / "features", "mobilenet_025_maps"), split)
+        parts = load_split(merged, split)
+        assert list(whole.ids) == list(parts.ids)
+        np.testing.assert_allclose(parts.features.astype(np.float32),
+                                   whole.features.astype(np.float32), rtol=2e-3, atol=1e-3)
+    train, test = image_lists(data)
+    with pytest.raises(HarnessError, match="maps are cached without test-time augmentation"):
+        extract_features(train, test, [("mobilenet_025_maps", "flip")],
+                         {"mobilenet_025_maps": weights}, tmp_path, progress=False)
+
+
+def _train(maps_data):
+    root, weights = maps_data
+    split = load_split(feature_path(root / "features", "mobilenet_025_maps"), "train")
+    return split.features, split.labels, weights.keras_arg
+
+
+def small_head(weights, **params) -> FinetuneHead:
+    return FinetuneHead(backbone="mobilenet_025_maps", weights=weights,
+                        **{"head_epochs": 5, "epochs": 2, "batch_size": 8,
+                           "validation_split": 0.25, **params})
+
+
+def test_finetune_head_trains_the_top_and_keeps_the_contract(maps_data):
+    X, y, weights = _train(maps_data)
+    head = small_head(weights).fit(X, y)
+    proba = head.predict_proba(X)
+    assert proba.shape == (16, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert list(head.classes_) == [0, 1]
+    # Phase 2 starts from phase 1's held-out loss and never ends worse than it.
+    assert head.history_["val_loss"][0] == head.phase1_loss_
+    assert head.best_loss_ <= head.phase1_loss_
+    assert head.best_loss_ == min(head.history_["val_loss"])
+    # The top moved: its weights differ from the backbone's own.
+    spec = get_backbone("mobilenet_025")
+    original = spec.top(spec.build(weights)).get_layer("conv_pw_13").get_weights()[0]
+    trained = head.model_.get_layer("mobilenet_025_top").get_layer("conv_pw_13").get_weights()[0]
+    if head.best_loss_ < head.phase1_loss_:
+        assert not np.allclose(trained, original)
+    else:
+        np.testing.assert_array_equal(trained, original)
+    # BatchNormalization stays ImageNet's: frozen, so its statistics never change.
+    bn = head.model_.get_layer("mobilenet_025_top").get_layer("conv_pw_13_bn")
+    assert not bn.trainable
+    np.testing.assert_array_equal(
+        bn.get_weights()[2], spec.top(spec.build(weights)).get_layer("conv_pw_13_bn")
+        .get_weights()[2])
+    # fit(X, y, rows=r) is fit(X[r], y), and a seed gives the same model again.
+    rows = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 14])
+    by_rows = clone(head).fit(X, y[rows], rows=rows)
+    copied = clone(head).fit(X[rows], y[rows])
+    np.testing.assert_allclose(by_rows.predict_proba(X), copied.predict_proba(X), atol=1e-5)
+    assert clone(head).get_params() == head.get_params()
+
+
+def test_finetune_regressor_predicts_in_the_targets_units(maps_data):
+    X, y, weights = _train(maps_data)
+    values = 50.0 + 20.0 * y + np.arange(len(y)) % 3
+    head = FinetuneRegressor(backbone="mobilenet_025_maps", weights=weights, head_epochs=5,
+                             epochs=1, batch_size=8, validation_split=0.25).fit(X, values)
+    predicted = head.predict(X)
+    assert predicted.shape == (16,)
+    assert 30.0 < float(predicted.mean()) < 90.0
+
+
+def test_finetune_head_refuses_what_is_not_maps(maps_data):
+    X, y, weights = _train(maps_data)
+    with pytest.raises(HarnessError, match="trains on a `_maps` backbone's maps, not "
+                                           "'mobilenet_025'"):
+        FinetuneHead(backbone="mobilenet_025").fit(X, y)
+    with pytest.raises(ValueError, match=r"X must hold mobilenet_025_maps's flattened maps "
+                                         r"\[14, 14, 128\]"):
+        small_head(weights).fit(X[:, :100], y)
+
+
+def _config(tmp_path, heads: dict[str, str], weights: str, extra: str = ""):
+    from harness.config import load_config
+
+    make_dataset(tmp_path / "data", n_train=16, n_test=5)
+    (tmp_path / "data" / "sample_submission.csv").write_text(
+        "id,label\n" + "".join(f"{k},0.5\n" for k in range(1, 6)))
+    top = 'competition = "demo"\nworkspace = "ws"\ndata_dir = "data"'
+    toml = mobilenet_toml(top, heads={}, weights=f'weights = "{weights}"', folds=2)
+    toml = toml.replace('backbones = ["mobilenet_025"]\n',
+                        'backbones = ["mobilenet_025", "mobilenet_025_maps"]\n', 1)
+    for name, body in heads.items():
+        toml += f"[ensembles.{name}]\n{body}\n"
+    (tmp_path / "harness.toml").write_text(toml + extra)
+    return load_config(tmp_path / "harness.toml")
+
+
+FINETUNE = ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nhead_epochs = 5\n'
+            'epochs = 1\nbatch_size = 8\nvalidation_split = 0.25')
+
+
+def test_finetune_ensemble_runs_scores_out_of_fold_and_is_reused(tmp_path, monkeypatch):
+    from harness.pipeline import fit_ensembles, submit
+
+    monkeypatch.chdir(tmp_path)
+    weights = genuine_mobilenet(tmp_path)
+    config = _config(tmp_path, {
+        "mob-ft": FINETUNE,
+        "mob-logreg": 'backbones = ["mobilenet_025"]\nhead = "logreg"'}, weights.keras_arg)
+    made = submit(config, progress=False)
+    results = {r.name: r for r in fit_ensembles(config, progress=False)}
+    tuned = results["mob-ft"]
+    assert tuned.reused and np.isfinite(tuned.cv_score)
+    assert tuned.oof_proba.shape == (16, 2) and len(tuned.test_ids) == 5
+    assert any(p.name == "demo-mob-ft.csv" for p in made.paths)
+    # The weights the maps were made with are read again: changed, the run says so.
+    with open(weights.keras_arg, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(HarnessError, match="was made with the weights file .* which is gone "
+                                           "or changed"):
+        fit_ensembles(config, names=["mob-ft"], force=True, progress=False)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('backbones = ["mobilenet_025"]\nhead = "finetune"',
+     "the finetune head trains on one `_maps` backbone's maps, not \\['mobilenet_025'\\]"),
+    ('backbones = ["mobilenet_025_maps"]\nhead = "logreg"',
+     "\\['mobilenet_025_maps'\\] hold maps for the finetune head, not features for 'logreg'"),
+    ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\ntta = "flip"',
+     "the finetune head has no test-time augmentation"),
+    ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nweights = "other.h5"',
+     "\\['weights'\\] of the finetune head come from the maps' feature file"),
+])
+def test_finetune_ensembles_misconfigured_fail_before_any_work(tmp_path, body, message):
+    with pytest.raises(HarnessError, match=f"ensemble 'bad': {message}"):
+        _config(tmp_path, {"bad": body}, "none")  # the config is refused as it loads
+    assert not (tmp_path / "ws").exists()
