@@ -55,6 +55,7 @@ from competition.metrics import METRICS
 from ensembles import cv
 from ensembles.run import configured_ensembles, run_ensembles
 from ensembles.select import DEFAULT_RULE, RULES, choose_submission
+from features.backbones import get_backbone
 from features.store import FeatureSplit, feature_path, load_split, write_feature_file
 from harness.config import Config, load_config
 
@@ -111,15 +112,17 @@ def held_out_loss(result, held_ids: np.ndarray, labels: np.ndarray) -> float:
     return float(held_out_row_losses(result, held_ids, labels).mean())
 
 
-def baseline_loss(splits: dict, backbones: tuple[str, ...], fit: np.ndarray,
-                  held: np.ndarray, labels: np.ndarray) -> float:
-    """scikit-learn LogisticRegression() defaults on raw concatenated features, no clip."""
-    X = np.hstack([splits[(b, "none")].features for b in backbones])
+def baseline_row_losses(splits: dict, backbones: tuple[str, ...], fit: np.ndarray,
+                        held: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-photo log loss of scikit-learn's LogisticRegression() with its defaults on the
+    raw concatenated GAP features (not a `_maps` backbone's maps), no clip."""
+    gap = [b for b in backbones if not get_backbone(b).maps_of]
+    X = np.hstack([splits[(b, "none")].features for b in gap])
     model = LogisticRegression()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs may stop at max_iter=100: that is the default
         model.fit(X[fit], labels[fit])
-    return cv.log_loss(labels[held], model.predict_proba(X[held]))
+    return METRICS["log_loss"].row_loss(labels[held], model.predict_proba(X[held]))
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -186,6 +189,10 @@ def main() -> None:
     chosen_floor: list[float] = []  # E|N(0, se)| of the default pick's held-out score
     repeated_pick: list[float] = []  # held-out score of the lowest R-repeat CV mean
     base_scores: list[float] = []
+    # Per result and split: (mean, standard error) of its per-photo loss minus the
+    # baseline's on the same photos, and its fit seconds (all folds and the refit).
+    paired: dict[str, list[tuple[float, float]]] = {}
+    seconds: dict[str, list[float]] = {}
     splitter = StratifiedShuffleSplit(n_splits=args.splits, train_size=args.fit_share,
                                       random_state=args.seed)
     start = time.perf_counter()
@@ -216,8 +223,13 @@ def main() -> None:
                                           * np.sqrt(2 / np.pi)))
         best_repeated = min(cv_repeated, key=lambda n: cv_repeated[n][-1])
         repeated_pick.append(held_scores[best_repeated][-1])
-        base_scores.append(baseline_loss(splits, config.features.backbones, fit, held,
-                                         labels))
+        base_rows = baseline_row_losses(splits, config.features.backbones, fit, held, labels)
+        base_scores.append(float(base_rows.mean()))
+        for result in results:
+            diff = held_out_row_losses(result, held_ids, truth) - base_rows
+            paired.setdefault(result.name, []).append(
+                (float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))))
+            seconds.setdefault(result.name, []).append(result.fit_seconds)
         print(f"  split {number:2d}/{args.splits}: chosen {picks[DEFAULT_RULE][-1]} "
               f"{chosen_scores[DEFAULT_RULE][-1]:.4f}, baseline {base_scores[-1]:.4f}  "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
@@ -227,6 +239,16 @@ def main() -> None:
                     cv_scores, held_scores)
     m, se = mean_se(base_scores)
     print(f"{BASELINE:34s} {m:9.4f} {se:7.4f}")
+    print()
+    print("each result vs the baseline on the same held-out photos (per split: mean "
+          "per-photo difference, its paired se; then their mean over splits):")
+    print(f"{'result':34s} {'ratio':>6s} {'diff':>8s} {'paired se':>9s} {'fit s':>7s}  per split")
+    for name in sorted(paired, key=lambda n: np.mean(held_scores[n])):
+        diffs = np.asarray(paired[name])
+        per_split = ", ".join(f"{d:+.4f} ({s:.4f})" for d, s in diffs)
+        print(f"{name:34s} {np.mean(held_scores[name]) / np.mean(base_scores):6.3f} "
+              f"{diffs[:, 0].mean():+8.4f} {diffs[:, 1].mean():9.4f} "
+              f"{np.mean(seconds[name]):7.1f}  {per_split}")
     print()
     for rule in RULES:
         m, se = mean_se(chosen_scores[rule])

@@ -366,10 +366,41 @@ def adopt_kaggle_metric(proposal: Proposal, kaggle_name: str) -> None:
                      f"score a {task} task; {guess} is a guess, check the task and metric")
     else:
         proposal.fields["metric"] = metric
-        notes.append(f"metric: {metric}, from the competition's Kaggle record "
-                     f"({kaggle_name!r})")
+        if _fit_shape_to_metric(proposal, notes):
+            notes.append(f"metric: {metric}, from the competition's Kaggle record "
+                         f"({kaggle_name!r})")
+        else:
+            proposal.fields["metric"] = guess
+            notes.append(f"metric: Kaggle calls it {kaggle_name!r} ({metric}), which the "
+                         f"sample's {proposal.fields['submission']} columns cannot carry; "
+                         f"{guess} is a guess, check the sample and the Evaluation page")
     proposal.notes = notes
     proposal.spec()
+
+
+def _fit_shape_to_metric(proposal: Proposal, notes: list[str]) -> bool:
+    """Whether the proposal's submission shape carries its metric, after one repair: a
+    sample's placeholder values can mislead the shape (Kaggle's AUC samples often hold 0,
+    read as a class index), so a binary task scored on probabilities submits them."""
+    try:
+        proposal.spec()
+        return True
+    except HarnessError:
+        pass
+    fields = proposal.fields
+    shape = fields["submission"]
+    if METRICS[fields["metric"]].submits in ("proba", "ranking") and shape in (
+            "class_index", "class_name"):
+        fields["submission"] = "probability" if fields["task"] == "binary" else shape
+        try:
+            proposal.spec()
+            notes.append(f"submission: probability, not {shape} (the sample's placeholder "
+                         f"values looked like one), because {fields['metric']} scores "
+                         "probabilities")
+            return True
+        except HarnessError:
+            fields["submission"] = shape
+    return False
 
 
 def _same_catalog_entry(proposal: Proposal) -> str:

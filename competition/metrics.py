@@ -186,7 +186,10 @@ def get_metric(name: str) -> Metric:
 # Beta"), lower-cased with everything but letters and digits removed, first match wins:
 # the more specific names come before the ones they contain ("columnwise ... auc" before
 # "auc"). A plain "F1"/"Mean F-Score" is not micro F1 (it averages per image): no match.
-_KAGGLE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+_KAGGLE_WORDS: tuple[tuple[tuple[str, ...], str | None], ...] = (
+    # Metrics whose names contain a registry metric's words but are not it.
+    (("logarithmicerror", "squaredlog", "rmsle", "precisionrecall", "prauc",
+      "averageprecision"), None),
     (("kappa",), "quadratic_kappa"),
     (("columnwise", "meancolumn"), "mean_column_auc"),
     (("auc", "receiveroperating", "roccurve"), "roc_auc"),

@@ -39,7 +39,7 @@ def check_blend_params(name: str, method: str, params: Mapping[str, Any], *,
     """Raises HarnessError for an unknown method, one that cannot blend `target`
     predictions (stacking fits class probabilities only), or an unknown or bad parameter
     of blend `name` (keys in `also` are another part of the run's, as in
-    heads.head_params)."""
+    registry.head_params)."""
     if method not in BLEND_METHODS:
         raise HarnessError(f"blend {name!r}: method = {method!r} is not one of "
                            f"{', '.join(BLEND_METHODS)}")

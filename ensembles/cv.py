@@ -165,7 +165,7 @@ def cross_validate(head, X: np.ndarray, labels: np.ndarray, folds: np.ndarray,
                    name: str = "", progress: bool = True) -> CVOutput:
     """Fit a clone of `head` on all folds but one, predict the held-out fold; repeat.
 
-    Heads whose `fit` takes `rows=` (both built-in ones) get the fold's row indices and
+    Heads whose `fit` takes `rows=` (every built-in one) get the fold's row indices and
     never a copy made here; other heads get `X[train_rows]`. Held-out and test rows are
     predicted in chunks.
 

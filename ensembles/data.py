@@ -31,7 +31,7 @@ class FeatureMatrix:
 
     Attributes:
         ids: (N,) str ids, in the first backbone's row order.
-        X: (N, sum of widths) float32.
+        X: (N, sum of widths) float32 (one `_maps` backbone: its float16 maps as read).
         labels: (N,) int64 class indices, (N, T) tags or (N,) float values (train);
             None (test).
         failed: (N,) bool, True where any backbone failed to read the image (test).

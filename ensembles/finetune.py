@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ from ensembles.heads import (
     inner_split,
 )
 from features.backbones import MAP_BACKBONES, get_backbone
-from features.store import feature_path, read_attrs
+from features.store import feature_path, read_attrs, read_ids
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,9 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         seed: Seeds Keras (dropout, shuffling) and the inner split.
 
     `history_` holds phase 2's per-epoch loss and val_loss (val_loss[0] is phase 1's),
-    `phase1_loss_`/`best_loss_` the held-out loss before and after phase 2.
+    `phase1_loss_`/`best_loss_` the held-out loss before and after phase 2,
+    `phase2_seconds_` its time. With too few rows for the inner split, phase 2 is skipped
+    (a warning says so).
     """
 
     _fits_values = False
@@ -166,17 +169,23 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         target, codes = head._targets(y, len(index))
         self.classes_, self.target_ = head.classes_, head.target_
         fit_pos, val_pos = inner_split(len(index), self.validation_split, codes,
-                                       len(self.classes_), int(self.seed), int(self.epochs))
+                                       len(self.classes_), int(self.seed), int(self.epochs),
+                                       warn=False)
         maps = keras.Input((spec.feature_dim,), dtype="float32")
         x = keras.layers.Reshape(spec.map_shape)(maps)
         model = keras.Model(maps, head.model_(top(x, training=False)))
         self.history_ = {"loss": [], "val_loss": []}
         self.phase1_loss_ = self.best_loss_ = float("nan")
+        self.phase2_seconds_ = 0.0
         if self.epochs and len(val_pos):
             self._phase2(model, head, X, index, target, fit_pos, val_pos)
+        elif self.epochs:
+            logger.warning("finetune %s: %d training rows are too few for a %.0f%% "
+                           "validation split; the top is not trained (phase 1 only)",
+                           self.backbone, len(index), 100 * self.validation_split)
         self.head_, self.model_ = head, model
         self.n_features_in_ = X.shape[1]
-        self.n_epochs_ = len(self.history_["loss"])
+        self.n_epochs_ = max(0, len(self.history_["loss"]) - 1)  # phase 2's epochs
         return self
 
     def _phase2(self, model, head, X, index, target, fit_pos, val_pos) -> None:
@@ -191,6 +200,7 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
                           int(self.seed))
         validation = Batches(X, index[val_pos], target[val_pos], PREDICT_ROWS, None)
         keep = _KeepBest(int(self.early_stopping))
+        start = time.perf_counter()
         try:
             keep.set_model(model)
             keep.start(float(model.evaluate(validation, verbose=0)))
@@ -199,6 +209,7 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         finally:
             batches.release()
             validation.release()
+        self.phase2_seconds_ = time.perf_counter() - start
         self.history_ = {"loss": [math.nan] + [float(v) for v in history.history["loss"]],
                          "val_loss": [keep.initial]
                          + [float(v) for v in history.history["val_loss"]]}
@@ -239,6 +250,10 @@ class FinetuneRegressor(RegressorMixin, FinetuneHead):
         head = self.head_
         return self._outputs(X)[:, 0] * head.y_scale_ + head.y_mean_
 
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """As DropoutRegressor: one column holding the predicted values."""
+        return self.predict(X).reshape(-1, 1)
+
 
 def _KeepBest(patience: int):
     """A Keras callback: early stopping on val_loss that counts the loss before training
@@ -278,6 +293,9 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
     """
     maps = [b for b in backbones if get_backbone(b).maps_of]
     if head != "finetune":
+        if "from" in (params or {}):
+            raise HarnessError(f"ensemble {ensemble!r}: `from` chooses the finetune head's "
+                               f"input; remove it for head {head!r}")
         if maps:
             raise HarnessError(f"ensemble {ensemble!r}: {maps} hold maps for the finetune "
                                f"head, not features for {head!r}; use their backbones "
@@ -297,20 +315,63 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
                            "the maps' feature file (its backbone and weights); remove them")
 
 
-def maps_source(features_dir, backbones: tuple[str, ...], tta: str, *,
-                ensemble: str) -> dict[str, Any]:
-    """The finetune head's `backbone` and `weights`, from the ensemble's feature file.
+# Training a network costs about three forward passes per image (forward, and the backward
+# pass's two products per layer): the usual rule, used only for the estimate below.
+TRAIN_FORWARDS = 3
+
+
+def refuse_images_on_cpu(features_dir, backbones: tuple[str, ...], epochs: int, *,
+                         ensemble: str) -> None:
+    """`from = "images"` fine-tunes the whole backbone from decoded images: refused on a CPU
+    with an estimate of its time from the forward pass's measured speed; on a GPU it is not
+    built yet (the cached maps are the way on either).
 
     Raises:
-        HarnessError: not exactly one `_maps` backbone, or the weights the maps were made
-            with are no longer there (or changed): naming the ensemble and the fix.
+        HarnessError: always, saying which of the two and what to do instead.
+    """
+    import tensorflow as tf
+
+    base = get_backbone(backbones[0]).maps_of or backbones[0]
+    if tf.config.list_physical_devices("GPU"):
+        raise HarnessError(f"ensemble {ensemble!r}: from = \"images\" (end-to-end training "
+                           "on a GPU) is not built yet; use from = \"maps\" (the default)")
+    rows = len(read_ids(feature_path(features_dir, backbones[0]), "train"))
+    rates = [float(read_attrs(feature_path(features_dir, name)).get("seconds_per_image", 0))
+             for name in (base, backbones[0])]
+    per_image = next((r for r in rates if r > 0), 0.0)
+    if per_image:
+        hours = per_image * TRAIN_FORWARDS * rows * max(1, epochs) / 3600
+        estimate = (f"at this CPU's measured {1 / per_image:.1f} images/s forward, "
+                    f"{max(1, epochs)} epochs over {rows} images would take about "
+                    f"{hours:.1f} h per fold")
+    else:
+        estimate = "its forward speed on this CPU is not recorded (re-extract to measure it)"
+    raise HarnessError(f"ensemble {ensemble!r}: from = \"images\" trains all of {base} and "
+                       f"needs a GPU; {estimate}; from = \"maps\" trains only the layers "
+                       "above the cut, from the cached maps")
+
+
+def maps_source(features_dir, backbones: tuple[str, ...], tta: str, *, ensemble: str,
+                current: Any = None) -> dict[str, Any]:
+    """The finetune head's `backbone` and `weights`: the weights the maps were made with,
+    found as the config gives them now (`current`, a WeightsChoice, when its identity is
+    the file's) or at the path recorded in the feature file.
+
+    Raises:
+        HarnessError: not exactly one `_maps` backbone, a file that does not say its
+            weights, or weights no longer there (or changed): naming the ensemble and the fix.
     """
     check_maps_use("finetune", backbones, tta, ensemble=ensemble)
     path = feature_path(features_dir, backbones[0], tta)
     attrs = read_attrs(path)
     source = str(attrs.get("weights_source", ""))
     identity = str(attrs.get("weights", ""))
-    if source in ("", "none"):
+    if not source:
+        raise HarnessError(f"ensemble {ensemble!r}: {path} does not say which weights made "
+                           "its maps; re-extract it with `harness features --force`")
+    if current is not None and current.identity == identity:
+        return {"backbone": backbones[0], "weights": current.keras_arg}
+    if source == "none":
         return {"backbone": backbones[0], "weights": None}
     if source != "imagenet" and not (identity.startswith("sha256:")
                                      and _same_file(source, identity)):

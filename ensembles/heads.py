@@ -36,6 +36,7 @@ from base.config import (
     positive_int,
     positive_number,
 )
+from competition.metrics import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _chunked(X: np.ndarray, predict) -> np.ndarray:
 
 
 SCALES = ("auto", "none", "standard", "l2")
-# bench/quality.py on genuine photos (README): raw Xception features, C chosen from this grid
+# bench/quality.py on genuine photos (bench/README.md): raw Xception features, C chosen from this grid
 # by an inner 3-fold CV ("best") beat C = 1 and both wider grids and the one-SE rule.
 DEFAULT_C_GRID = (0.1, 0.3, 1.0, 3.0)
 # "auto" keeps raw features unless their root mean square is below this: ImageNet GAP
@@ -166,7 +167,7 @@ def choose_C(X: np.ndarray, codes: np.ndarray, grid: list[float], *, folds: int,
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import RepeatedStratifiedKFold
 
-    from ensembles.cv import log_loss  # here: ensembles.cv imports this module
+    log_loss = METRICS["log_loss"].score  # the competition's (ensembles.cv's too)
 
     grid = sorted(grid)
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
@@ -206,7 +207,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
             are copied once anyway and scaled in place whatever `copy` says.
         seed: Seed of the inner CV folds for a C grid.
 
-    The defaults were chosen by bench/quality.py on genuine photos (see the README).
+    The defaults were chosen by bench/quality.py on genuine photos (bench/README.md).
     """
 
     def __init__(self, C: float | list[float] | tuple[float, ...] = DEFAULT_C_GRID,
@@ -326,7 +327,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
 
 
 def inner_split(n_rows: int, share: float, codes: np.ndarray | None, n_classes: int,
-                seed: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
+                seed: int, epochs: int, warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(fit positions, validation positions) of a Keras head's training rows: `share` held
     out, stratified by `codes` (None for tags and values), seeded; sorted. With too few
     rows for a stratified hold-out (tiny data sets, tiny folds) every row is fitted for
@@ -338,8 +339,10 @@ def inner_split(n_rows: int, share: float, codes: np.ndarray | None, n_classes: 
     if share <= 0:
         return fit_pos, np.zeros(0, dtype=np.int64)
     if too_few:
-        logger.warning("%d training rows are too few for a %.0f%% validation split; "
-                       "training %d epochs without early stopping", n_rows, 100 * share, epochs)
+        if warn:
+            logger.warning("%d training rows are too few for a %.0f%% validation split; "
+                           "training %d epochs without early stopping", n_rows, 100 * share,
+                           epochs)
         return fit_pos, np.zeros(0, dtype=np.int64)
     from sklearn.model_selection import train_test_split
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from base.errors import HarnessError
 from ensembles.settings import EnsembleConfig
+from features.backbones import get_backbone
 
 SEED_BACKBONES = ("resnet50", "inception_v3", "xception")
 
@@ -53,7 +54,10 @@ def default_ensembles(backbones: tuple[str, ...], tta: str = "none",
                       linear: str = "logreg") -> dict[str, EnsembleConfig]:
     """One linear head (`linear`: logreg, or ridge for value targets) per backbone; with
     several backbones, also all of them concatenated with the linear head and with the
-    dropout head; and `seed004` when its three backbones are all present."""
+    dropout head; and `seed004` when its three backbones are all present. A `_maps` entry
+    (cached maps, not features) gets the finetune head instead, alone and without TTA."""
+    maps = [b for b in backbones if get_backbone(b).maps_of]
+    backbones = tuple(b for b in backbones if b not in maps)
     ensembles = {f"{b}-{linear}": EnsembleConfig(f"{b}-{linear}", (b,), linear, {}, tta)
                  for b in backbones}
     if len(backbones) > 1:
@@ -64,4 +68,7 @@ def default_ensembles(backbones: tuple[str, ...], tta: str = "none",
             f"all{n}-dropout", tuple(backbones), "dropout", {}, tta)
     if set(SEED_BACKBONES) <= set(backbones):
         ensembles["seed004"] = dataclasses.replace(PRESETS["seed004"], tta=tta)
+    for b in maps:
+        name = f"{get_backbone(b).maps_of}-finetune"
+        ensembles[name] = EnsembleConfig(name, (b,), "finetune", {}, "none")
     return ensembles

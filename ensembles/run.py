@@ -32,7 +32,7 @@ from ensembles.blend import blend, check_blend_params
 from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.decide import decide
-from ensembles.finetune import check_maps_use, maps_source
+from ensembles.finetune import check_maps_use, maps_source, refuse_images_on_cpu
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.registry import check_target, head_params, linear_head, make_head
 from ensembles.report import report_table, write_report
@@ -45,6 +45,7 @@ from ensembles.run_params import (
 )
 from ensembles.settings import BlendConfig, EnsembleConfig, EnsemblesRun
 from features.backbones import get_backbone
+from features.weights import WeightsChoice, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -179,19 +180,31 @@ def _scores(config: EnsemblesRun, options: RunOptions, labels: np.ndarray, oof: 
     return {"scores": scores, "params": extra}
 
 
+def _current_weights(config: EnsemblesRun, backbone: str) -> WeightsChoice | None:
+    """The weights the config gives `backbone` now (None when it cannot say), so maps made
+    with the same file elsewhere (another folder, another machine's shard) are accepted."""
+    try:
+        return resolve_weights(backbone, config.features, config.spec)
+    except HarnessError:
+        return None
+
+
 def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions, key: str,
                   progress: bool) -> EnsembleResult:
     start = time.perf_counter()
     features_dir = config.workspace.features_dir
+    head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS,
+                     target=config.spec.target)
+    if ens.head == "finetune":  # before any maps are read: they can be gigabytes
+        if ens.params.get("from", "maps") == "images":
+            refuse_images_on_cpu(features_dir, ens.backbones, head.epochs, ensemble=ens.name)
+        head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name,
+                                      current=_current_weights(config, ens.backbones[0])))
     train = load_matrix(features_dir, ens.backbones, ens.tta, "train", ensemble=ens.name)
     train = _without_excluded(train, config.cv.exclude_ids, ens.name)
     _check_classes(train, config.spec.target, ens.name)
     k = _outputs(config, train.classes)
     folds = _folds(config, train, ens.name)
-    head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS,
-                     target=config.spec.target)
-    if ens.head == "finetune":
-        head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name))
     fold_mean = config.cv.test_predictions == "fold-mean"
     test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
         if fold_mean else None

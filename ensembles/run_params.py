@@ -40,6 +40,8 @@ ENSEMBLE_RUN_PARAMS: dict[str, Param] = {
     "calibrate": one_of(CALIBRATIONS),
     # Resolved (and an unknown name refused) by ensembles.presets before anything runs.
     "preset": Param(lambda v: isinstance(v, str), "a preset name"),
+    # The finetune head's input: cached maps, or images end to end (GPU only).
+    "from": one_of(("maps", "images")),
 }
 BLEND_RUN_PARAMS: dict[str, Param] = {key: ENSEMBLE_RUN_PARAMS[key]
                                       for key in ("clip", "clip_prior")}

@@ -9,7 +9,7 @@ each actor runs one of the inference engines.
 
 Every forward has `.spec` (the BackboneSpec) and `__call__(images) -> np.ndarray`: GAP
 features (N, D) float32 of RGB 0-255 float images (N, S, S, 3). Decoding, TTA, part files,
-shards and bad-image handling are shared (features.extract) and never see which engine
+shards and bad-image handling are shared (features.batch, features.extract) and never see which engine
 ran. Only the engine's name is recorded: in the fingerprint and as the file's `engine`
 attribute.
 """
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from base.errors import HarnessError
+from features.vocabulary import ENGINE_CHOICES, ENGINE_NAMES, check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +77,9 @@ ENGINES: dict[str, EngineSpec] = {
                           "(several machines or GPUs)", None, "features.ray_engine"),
     )
 }
-ENGINE_CHOICES = ("auto", *ENGINES)  # what [features] engine and --engine accept
 # Engines that compute features themselves; the others (ray) run one of these.
 INFERENCE_ENGINES = tuple(name for name, engine in ENGINES.items() if engine.build is not None)
-# Precisions that only some inference engines compute (a precision not named here runs on
-# every engine). int8 is NNCF's post-training quantisation of the OpenVINO model; the Ray
-# executor is not among them: its actors would each need the calibration images.
-PRECISION_ENGINES = {"int8": ("openvino",)}
+assert tuple(ENGINES) == ENGINE_NAMES, "features.vocabulary.ENGINE_NAMES names every engine"
 
 
 def openvino_installed() -> bool:
@@ -99,17 +96,6 @@ def check_engine(choice: str) -> str:
         raise HarnessError("engine 'openvino' needs the openvino package: "
                            "pip install openvino (or --engine tensorflow)")
     return choice
-
-
-def check_precision(precision: str, engine: str) -> None:
-    """A one-line HarnessError if `engine` (a choice, or an inference engine once resolved)
-    cannot compute `precision`; `auto` passes here and is checked again once resolved."""
-    allowed = PRECISION_ENGINES.get(precision)
-    if allowed is None or engine in allowed or engine == "auto":
-        return
-    fix = " or ".join(f'engine = "{name}" (--engine {name})' for name in allowed)
-    raise HarnessError(f"precision {precision!r} runs on {', '.join(allowed)} only, not engine "
-                       f"{engine!r}: set {fix}, or another precision")
 
 
 def computed_precision(precision: str, choice: str, engine: str,
@@ -189,7 +175,7 @@ def build_forward(spec: Any, weights: Any, runtime: Any, engine: str,
         engine: An inference engine name (see `resolve_engine`).
         cache_dir: Where converted models are cached (OpenVINO); None: the user cache.
         calibration: Precision int8 only: the images NNCF calibrates on
-            (features.extract.Calibration).
+            (features.calibration.Calibration).
 
     Returns:
         A forward: `.spec`, `.convert_seconds` (0.0 unless a model was converted now),

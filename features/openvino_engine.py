@@ -10,11 +10,11 @@ model and converting it again.
 Precision int8 (opt-in) quantises that float32 model with NNCF's post-training
 quantisation (`nncf.quantize`, its defaults), calibrated on a fixed seeded subset of the
 competition's training images decoded and resized by the extraction's own pipeline
-(features.extract.Calibration), and caches the quantised IR beside the float32 one, keyed
+(features.calibration.Calibration), and caches the quantised IR beside the float32 one, keyed
 by the calibration set too.
 
 Measured on a 2-core AMD EPYC with AVX-512 (features within 1e-7 relative of TensorFlow's
-in float32): see README "Engines" and bench/extract.py.
+in float32): see bench/README.md and bench/extract.py.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def load_or_quantize(spec: Any, weights: Any, runtime: Any, cache_dir: Path,
     """
     if calibration is None:
         raise HarnessError(f"{spec.name}: precision int8 needs calibration images "
-                           "(features.extract.Calibration)")
+                           "(features.calibration.Calibration)")
     xml, binary = cache_paths(cache_dir, spec, weights.identity, calibration.identity)
     model = _read_cached(xml, binary, spec, "int8")
     if model is not None:

@@ -6,7 +6,7 @@ then sends only the rows still missing to Ray Data: a Dataset of (split, row, pa
 rows, one block per batch, mapped by an actor pool. Every actor builds the requested
 backbones once (one model set per actor: one actor per GPU with `num_gpus=1`, or CPU
 actors of `threads` cores each) and runs the local run's own per-batch step on each batch
-(features.extract: `image_pixels` -> `resize_views` -> `batch_features`). The results
+(features.batch: `image_pixels` -> `resize_views` -> `batch_features`). The results
 stream back to this driver, which writes them with the same `parts.write_part` as they
 arrive, so a killed driver resumes from its parts like a killed local run, and then
 `parts.assemble` writes the same HDF5 file with the same fingerprint: a file made on Ray is
@@ -44,6 +44,7 @@ from base.errors import HarnessError, first_line
 from base.logs import quiet_tensorflow_import
 from competition.images import ImageList
 from features import parts as part_store
+from features.vocabulary import CLUSTER_HELP, NO_RAY_CLIENT, check_cluster, is_ray_client
 
 logger = logging.getLogger(__name__)
 
@@ -57,40 +58,11 @@ RETRIES = 4  # restarts of a dead actor, and retries of the batch it held
 # nodes or with TensorFlow on CPU actors).
 GPU_CALLS_PER_ACTOR = 2
 CPU_CALLS_PER_ACTOR = 1
-CLUSTER_HELP = ('[features] cluster (--cluster) is "auto", "local" or "HOST:PORT" (the head '
-                'of a cluster this machine is part of, started with `ray start --head`)')
-# Ray Data needs a driver with its own Ray worker; a Ray Client driver has none and fails
-# mid-run with "'Worker' object has no attribute 'core_worker'" (measured on Ray 2.60; Ray's
-# maintainers: "Ray client does not work with Ray Data", ray-project/ray#42739).
-NO_RAY_CLIENT = ("Ray Data does not run over Ray Client (ray://): run `harness features` on a "
-                 "machine of the cluster (its head, or one joined with `ray start --address`) "
-                 "with cluster = \"HEAD_IP:6379\" (the head's `ray start --head --port`)")
-
-
-def check_cluster(value: str) -> str:
-    """`value` if it is a valid `cluster` setting, else a one-line HarnessError."""
-    text = str(value).strip()
-    if text in ("auto", "local"):
-        return text
-    if _is_ray_client(text):
-        raise HarnessError(f"cluster {value!r}: {NO_RAY_CLIENT}")
-    host, _, port = text.rpartition(":")
-    # Any "scheme://" would send ray.init to Ray Client ("http://HEAD:8265" is the
-    # dashboard's, for `ray job submit`).
-    if host and port.isdigit() and "://" not in text:
-        return text
-    raise HarnessError(f"cluster {value!r} is not valid: {CLUSTER_HELP}")
-
-
-def _is_ray_client(address: str) -> bool:
-    return address.strip().lower().startswith("ray://")
-
-
 def _check_ray_address() -> None:
     """A one-line HarnessError when RAY_ADDRESS (which "auto" follows) is not a head's
     HOST:PORT that Ray Data can run on."""
     address = os.environ.get("RAY_ADDRESS", "")
-    if _is_ray_client(address):
+    if is_ray_client(address):
         raise HarnessError(f"RAY_ADDRESS={address!r}: {NO_RAY_CLIENT}, or unset RAY_ADDRESS")
     if "://" in address:
         raise HarnessError(f"RAY_ADDRESS={address!r} is not a Ray head's HOST:PORT: unset it, "
@@ -188,7 +160,7 @@ class RaySession:
         """Compute every row the jobs lack on Ray and write it to their part folders.
 
         Args:
-            jobs: features.extract's planned jobs (`done` filled from their part folders).
+            jobs: features.plan's jobs (`done` filled from their part folders).
             splits: {"train": ImageList, "test": ImageList} (already sharded when --shard).
             engine: The inference engine inside the actors.
             batch_size, threads, precision: As for a local run (0 chooses).
@@ -230,7 +202,7 @@ def connect(cluster: str) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray warns "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=
     # disabled to opt out" whenever it turns the token on: for a Ray this run starts and
-    # stops, or a cluster that requires the token, that advice is noise (README: Ray).
+    # stops, or a cluster that requires the token, that advice is noise (docs/design.md: Ray).
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING}
@@ -240,7 +212,7 @@ def connect(cluster: str) -> bool:
             cpus = os.cpu_count() or 1
             logger.info("ray: starting a local Ray with %d CPUs%s", cpus, "" if cluster == "local"
                         else " (no Ray running here: `ray start --head` keeps one between "
-                        "runs and spares each run its start, README: Ray)")
+                        "runs and spares each run its start, docs/design.md: Ray)")
             # "local": a new Ray whatever RAY_ADDRESS or a `ray start` on this machine
             # says (no address would follow either, and RAY_ADDRESS=ray://... would even
             # go through Ray Client).
@@ -371,7 +343,7 @@ def _quiet_ray_data(ray: Any) -> None:
 
 class BatchWorker:
     """One Ray actor: builds every requested backbone once, then maps batches of rows to
-    features with the local run's own per-batch step (features.extract.batch_features).
+    features with the local run's own per-batch step (features.batch.batch_features).
 
     On a GPU it runs two batches at a time (ActorPoolStrategy's
     `max_concurrent_calls_per_actor`): one decodes and resizes while the other holds the
@@ -409,7 +381,7 @@ class BatchWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        from features.extract import batch_features, image_pixels, resize_views
+        from features.batch import batch_features, image_pixels, resize_views
 
         if self.kill_once and not os.path.exists(self.kill_once):
             open(self.kill_once, "w").close()
@@ -472,7 +444,7 @@ def _run(jobs: Sequence[Any], splits: Mapping[str, ImageList], engine: str, batc
     import ray
     from tqdm.auto import tqdm
 
-    from features.extract import view_sizes
+    from features.batch import view_sizes
     from features.runtime import CPU_BATCH, GPU_BATCH_PER_REPLICA
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -532,7 +504,7 @@ def _write(jobs: Sequence[Any], splits: Mapping[str, ImageList], out: dict) -> N
             if not computed >> k & 1:
                 continue
             part_store.write_part(job.folder, split, rows, ids, out[f"features_{k}"][mine],
-                                  reasons)
+                                  reasons, job.spec.storage_dtype)
             job.done[split][rows] = True
             job.seconds += float(out["seconds"][mine, k].sum())
             job.computed += len(rows)

@@ -15,7 +15,7 @@ from typing import Any
 
 from base.errors import HarnessError
 from features.fold import fold_batch_norm
-from features.settings import PRECISIONS
+from features.vocabulary import PRECISIONS
 
 logger = logging.getLogger(__name__)
 

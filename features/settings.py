@@ -1,8 +1,8 @@
 """The features stage's section of the configuration (`[features]`) and its vocabulary.
 
-The names it accepts come from the stage's registries: backbones (features.backbones),
-engines (features.engines), clusters (features.ray_engine), and the TTA modes and
-precisions below, so a new entry in any of them is accepted here without another edit.
+The names it accepts come from the stage's registries: backbones (features.backbones) and
+the vocabulary (features.vocabulary: TTA modes, precisions, engines, clusters), so a new
+entry in any of them is accepted here without another edit.
 """
 
 from __future__ import annotations
@@ -16,25 +16,15 @@ from base.errors import HarnessError
 from base.workspace import Workspace
 from competition.spec import CompetitionSpec
 from features.backbones import BACKBONES, KNOWN_BACKBONES
-from features.engines import ENGINE_CHOICES, check_precision
-from features.ray_engine import check_cluster
+from features.vocabulary import (
+    ENGINE_CHOICES,
+    PRECISIONS,
+    TTA_MODES,
+    check_cluster,
+    check_precision,
+)
 
 DEFAULT_BACKBONES = ("resnet50", "inception_v3", "xception")
-# Test-time augmentation, averaged in feature space (features.extract._tta_features).
-TTA_MODES = {
-    "none": "one view of each image",
-    "flip": "the image and its mirror image",
-    "crops": "10-crop oversampling: 4 corners + centre, and their mirror images",
-}
-# Compute precision of the backbones (features.runtime).
-PRECISIONS = {
-    "float32": "full precision (the reference)",
-    "mixed": "float16 compute on a GPU; float32 on a CPU",
-    "bfloat16": "bfloat16 compute; fast only on CPUs with AVX512_BF16 or AMX",
-    "int8": "int8 weights and activations, NNCF post-training quantisation calibrated on the "
-            "competition's training images (OpenVINO engine only; features.openvino_engine)",
-}
-
 
 @dataclass(frozen=True)
 class FeaturesConfig:

@@ -187,8 +187,10 @@ def write_feature_file(path: Path, attrs: dict, *, train: FeatureSplit, test: Fe
     failed = [(key, reasons.get(key, "failed")) for key, bad in zip(test.ids, test.failed) if bad]
     with feature_file_writer(path, attrs) as writer:
         for split, data, bad in (("train", train, train_skipped), ("test", test, failed)):
-            features = np.asarray(data.features, dtype=np.float32)
-            writer.add_split(split, data.ids, features.shape[1], labels=data.labels, bad=bad)
+            dtype = str(attrs.get("feature_dtype", "float32"))
+            features = np.asarray(data.features, dtype=dtype)
+            writer.add_split(split, data.ids, features.shape[1], labels=data.labels, bad=bad,
+                             dtype=dtype)
             writer.write_rows(split, np.arange(len(features)), features)
     return Path(path)
 

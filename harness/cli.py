@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     download = verb("download", "download and unpack the competition's files with the kaggle client")
     download.add_argument("--force", action="store_true", help="download again")
 
-    features = verb("features", "extract and cache GAP features for every backbone")
+    features = verb("features", "extract and cache GAP features (or a _maps entry's maps) "
+                                   "for every backbone")
     features.add_argument("--force", action="store_true", help="rebuild even if cached")
     features.add_argument("--shard", type=_shard,
                           help="extract only shard i of n (1/4 ... 4/4), then --merge n")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--precision", choices=PRECISIONS,
                           help="mixed: float16 compute on GPUs (float32 on a CPU); bfloat16: "
                                "1.7-2x faster on CPUs with AVX512_BF16; int8 (--engine "
-                               "openvino): NNCF-quantised, 2.6x faster on this README's CPU; "
+                               "openvino): NNCF-quantised, 2.6x faster with VNNI (bench/README.md); "
                                "features change slightly")
     features.add_argument("--tta", choices=TTA_MODES,
                           help="test-time augmentation of the default feature set")

@@ -29,6 +29,7 @@ from ensembles.settings import (
     parse_ensembles,
     parse_submission,
 )
+from features.backbones import get_backbone
 from features.settings import FeaturesConfig, parse_features
 
 DEFAULT_CONFIG = Path("harness.toml")
@@ -55,7 +56,9 @@ class Config:
 
     def feature_sets(self) -> list[tuple[str, str]]:
         """Every (backbone, tta) pair that extraction must produce, in a stable order."""
-        pairs = [(b, self.features.tta) for b in self.features.backbones]
+        # A `_maps` entry's maps are cached without TTA (the finetune head trains on them).
+        pairs = [(b, "none" if get_backbone(b).maps_of else self.features.tta)
+                 for b in self.features.backbones]
         for ensemble in configured_ensembles(self).values():  # presets resolved, tta too
             # Only backbones that are selected: a restricted --backbones skips the rest.
             pairs += [(b, ensemble.tta) for b in ensemble.backbones

@@ -91,7 +91,7 @@ def test_engine_is_recorded_fingerprinted_and_reused_only_by_auto(tmp_path, capl
     tf_flip = load_split(feature_path(out, "mobilenet_025", "flip"), "test").features
 
     # auto would pick OpenVINO on this CPU, but a file differing only in its engine is kept.
-    with caplog.at_level(logging.INFO, logger="features.extract"):
+    with caplog.at_level(logging.INFO, logger="features"):
         again = run(train, test, out, "auto")
     assert all(r.reused for r in again)
     assert "made by tensorflow" in caplog.text and "--engine openvino --force" in caplog.text
@@ -99,7 +99,7 @@ def test_engine_is_recorded_fingerprinted_and_reused_only_by_auto(tmp_path, capl
 
     # An explicit engine must match: rebuilt, and the reason names the engine change.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="features.extract"):
+    with caplog.at_level(logging.INFO, logger="features"):
         rebuilt = run(train, test, out, "openvino")
     assert not any(r.reused for r in rebuilt) and rebuilt.engine == "openvino"
     assert "engine changed ('tensorflow' -> 'openvino')" in rebuilt.result("mobilenet_025").reason

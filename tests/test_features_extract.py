@@ -106,10 +106,10 @@ def test_fingerprint_change_rebuilds_and_says_why(feat_data, tmp_path, caplog):
     caplog.clear()
     fake = tmp_path / "w.h5"
     fake.write_bytes(b"x")
-    from features.extract import _plan, _why_rebuild  # the reuse decision, without building
-    jobs = _plan(train2, test2, MOBILE, {"mobilenet_025": WeightsChoice(str(fake), "sha256:abc")},
-                 out, "float32", None)
-    assert "weights changed ('none' -> 'sha256:abc')" in _why_rebuild(
+    from features.plan import plan, why_rebuild  # the reuse decision, without building
+    jobs = plan(train2, test2, MOBILE, {"mobilenet_025": WeightsChoice(str(fake), "sha256:abc")},
+                out, "float32", None)
+    assert "weights changed ('none' -> 'sha256:abc')" in why_rebuild(
         jobs[0].path, jobs[0].fingerprint, jobs[0].parts, False)
     # force=True rebuilds a matching file anyway.
     forced = run(train2, test2, out, force=True)

@@ -15,8 +15,9 @@ import pytest
 from base.errors import HarnessError
 from competition.images import ImageList
 from features.backbones import get_backbone
+from features.calibration import CALIBRATION_IMAGES, calibration_set
 from features.engines import check_precision
-from features.extract import CALIBRATION_IMAGES, calibration_set, extract_features
+from features.extract import extract_features
 from features.openvino_engine import cache_paths
 from features.store import feature_path, load_split, read_attrs
 from features.weights import WeightsChoice

@@ -171,9 +171,11 @@ def test_finetune_regressor_predicts_in_the_targets_units(maps_data):
 
 def test_finetune_head_refuses_what_is_not_maps(maps_data):
     X, y, weights = _train(maps_data)
-    with pytest.raises(HarnessError, match="trains on a `_maps` backbone's maps, not "
-                                           "'mobilenet_025'"):
+    with pytest.raises(ValueError, match="backbone = 'mobilenet_025' must be a `_maps` "
+                                         "backbone name"):
         FinetuneHead(backbone="mobilenet_025").fit(X, y)
+    with pytest.raises(HarnessError, match="trains on a `_maps` backbone's maps, not ''"):
+        FinetuneHead().fit(X, y)
     with pytest.raises(ValueError, match=r"X must hold mobilenet_025_maps's flattened maps "
                                          r"\[14, 14, 128\]"):
         small_head(weights).fit(X[:, :100], y)
@@ -221,6 +223,27 @@ def test_finetune_ensemble_runs_scores_out_of_fold_and_is_reused(tmp_path, monke
         fit_ensembles(config, names=["mob-ft"], force=True, progress=False)
 
 
+def test_finetune_from_images_on_a_cpu_is_refused_with_an_estimate(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from harness.pipeline import extract, fit_ensembles
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: the refusal is for CPUs")
+    monkeypatch.chdir(tmp_path)
+    weights = genuine_mobilenet(tmp_path)
+    config = _config(tmp_path, {"mob-ft": FINETUNE + '\nfrom = "images"'}, weights.keras_arg)
+    extract(config, progress=False)
+    rate = 1 / read_attrs(feature_path(tmp_path / "ws" / "features", "mobilenet_025"))[
+        "seconds_per_image"]
+    with pytest.raises(HarnessError) as caught:
+        fit_ensembles(config, progress=False)
+    message = str(caught.value)
+    assert "from = \"images\" trains all of mobilenet_025 and needs a GPU" in message
+    assert f"at this CPU's measured {rate:.1f} images/s forward, 1 epochs over 16 images" \
+        in message
+
+
 @pytest.mark.parametrize(("body", "message"), [
     ('backbones = ["mobilenet_025"]\nhead = "finetune"',
      "the finetune head trains on one `_maps` backbone's maps, not \\['mobilenet_025'\\]"),
@@ -228,6 +251,8 @@ def test_finetune_ensemble_runs_scores_out_of_fold_and_is_reused(tmp_path, monke
      "\\['mobilenet_025_maps'\\] hold maps for the finetune head, not features for 'logreg'"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\ntta = "flip"',
      "the finetune head has no test-time augmentation"),
+    ('backbones = ["mobilenet_025"]\nhead = "logreg"\nfrom = "images"',
+     "`from` chooses the finetune head's input; remove it for head 'logreg'"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nweights = "other.h5"',
      "\\['weights'\\] of the finetune head come from the maps' feature file"),
 ])
@@ -235,3 +260,28 @@ def test_finetune_ensembles_misconfigured_fail_before_any_work(tmp_path, body, m
     with pytest.raises(HarnessError, match=f"ensemble 'bad': {message}"):
         _config(tmp_path, {"bad": body}, "none")  # the config is refused as it loads
     assert not (tmp_path / "ws").exists()
+
+
+def test_maps_in_the_defaults_get_the_finetune_head_and_no_tta(tmp_path):
+    from ensembles.run import configured_ensembles
+    from harness.config import load_config
+
+    (tmp_path / "harness.toml").write_text(
+        'competition = "demo"\n[features]\nbackbones = ["mobilenet_025", "mobilenet_025_maps"]\n'
+        'tta = "flip"\n')
+    config = load_config(tmp_path / "harness.toml")
+    ensembles = configured_ensembles(config)
+    assert ensembles["mobilenet_025-finetune"].head == "finetune"
+    assert ensembles["mobilenet_025-finetune"].backbones == ("mobilenet_025_maps",)
+    assert all("mobilenet_025_maps" not in e.backbones
+               for name, e in ensembles.items() if name != "mobilenet_025-finetune")
+    assert ("mobilenet_025_maps", "none") in config.feature_sets()
+    assert ("mobilenet_025_maps", "flip") not in config.feature_sets()
+
+
+def test_maps_of_random_weights_are_refused_before_any_work(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=4, n_test=2)
+    with pytest.raises(HarnessError, match="mobilenet_025_maps: maps are for fine-tuning "
+                                           "pretrained weights"):
+        extract(data, tmp_path / "features", WeightsChoice(None, "none"))
+    assert not (tmp_path / "features").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from base.errors import HarnessError
 from competition.images import list_test_images, list_train_images
-from competition.infer import propose
+from competition.infer import adopt_kaggle_metric, propose
 from competition.metrics import metric_for_kaggle_name
 from competition.spec import CATALOG, spec_from_config
 from tests.cli_runner import run_harness
@@ -86,6 +86,8 @@ def test_init_says_what_it_could_not_find(tmp_path):
     ("Micro-averaged F1-Score", "f1_micro"),
     ("Root Mean Squared Error", "rmse"),
     ("Mean F-Score", None),  # F1 averaged per image: not micro F1
+    ("Root Mean Squared Logarithmic Error", None),
+    ("PR AUC", None),
     ("Mean Average Precision @ 5", None),
     ("Dice Coefficient", None),
     ("", None),
@@ -123,6 +125,26 @@ def test_init_takes_the_metric_from_the_kaggle_record(tmp_path):
     assert "Kaggle lists no competition 'nobodys-slug'" in unknown.stdout
     guessed = tomllib.loads((tmp_path / "nobodys-slug.toml").read_text())["competition"]
     assert (guessed["task"], guessed["metric"]) == ("multiclass", "accuracy")
+
+
+def test_a_probability_metric_repairs_a_shape_the_placeholder_misled(tmp_path):
+    """Kaggle's AUC samples often hold 0: read as a class index until the metric says AUC."""
+    CASES["histopathologic-cancer-detection"].build(tmp_path)
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text(sample.read_text().replace(",0.5\n", ",0\n"))
+    proposal = propose(tmp_path, "my-histo")
+    assert (proposal.fields["submission"], proposal.fields["metric"]) == \
+        ("class_index", "accuracy")
+    adopt_kaggle_metric(proposal, "Area Under Receiver Operating Characteristic Curve")
+    spec, entry = proposal.spec(), CATALOG["histopathologic-cancer-detection"]
+    assert (spec.metric, spec.submission_shape) == (entry.metric, entry.submission_shape)
+    assert any(n.startswith("submission: probability, not class_index") for n in proposal.notes)
+    # Kappa cannot score a binary task: the guess stays, and the note says what Kaggle said.
+    kept = propose(tmp_path, "my-histo")
+    adopt_kaggle_metric(kept, "Quadratic Weighted Kappa")
+    assert kept.fields["metric"] == "accuracy"
+    assert any("'Quadratic Weighted Kappa' (quadratic_kappa), which does not score a binary"
+               in n for n in kept.notes)
 
 
 def test_init_without_credentials_says_the_record_was_not_read(tmp_path):
