@@ -59,16 +59,18 @@ def _checked_target(archive: Path, name: str, dest: Path) -> Path:
     return target
 
 
+def _refused(archive: Path, name: str) -> HarnessError:
+    return HarnessError(f"{archive}: refusing entry {name!r} (a link or special file); "
+                        "nothing was extracted")
+
+
 def _zip_entries(archive: Path, handle: zipfile.ZipFile) -> list[_Entry]:
     entries = []
     for info in handle.infolist():
         # Unix file type bits; 0 when the archiver stored none (e.g. Windows zips).
         kind = stat.S_IFMT(info.external_attr >> 16)
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise HarnessError(
-                f"{archive}: refusing entry {info.filename!r} (a link or special file); "
-                "nothing was extracted"
-            )
+            raise _refused(archive, info.filename)
         entries.append(_Entry(info.filename, info.file_size, info.is_dir(),
                               lambda info=info: handle.open(info)))
     return entries
@@ -78,10 +80,7 @@ def _tar_entries(archive: Path, handle: tarfile.TarFile) -> list[_Entry]:
     entries = []
     for member in handle.getmembers():
         if not (member.isfile() or member.isdir()):
-            raise HarnessError(
-                f"{archive}: refusing entry {member.name!r} (a link or special file); "
-                "nothing was extracted"
-            )
+            raise _refused(archive, member.name)
         entries.append(_Entry(member.name, member.size, member.isdir(),
                               lambda m=member: handle.extractfile(m)))
     return entries
