@@ -30,7 +30,7 @@ ENSEMBLE_ARG = $(if $(ENSEMBLE),--ensemble $(call quote,$(ENSEMBLE)))
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock lint test init data features ensembles submit upload leaderboard clean
+.PHONY: help setup lock lint test init data features ensembles submit upload leaderboard wheelhouse clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ upload: setup ## upload the best (or ENSEMBLE=name) CSV and verify it on Kaggle
 
 leaderboard: setup ## fetch your scores, compare with CV, draw the plot
 	$(HARNESS) leaderboard $(ARGS)
+
+wheelhouse: setup ## wheels to install the harness offline (a Kaggle dataset) in WHEELHOUSE (default wheelhouse/)
+	$(HARNESS) wheelhouse $(call quote,$(or $(WHEELHOUSE),wheelhouse))
 
 clean: ## remove .venv and caches (keeps work/, where features are cached)
 	rm -rf $(VENV) build *.egg-info .pytest_cache

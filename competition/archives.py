@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from base.atomic import atomic_path
 from base.errors import HarnessError

@@ -36,10 +36,9 @@ def write_contact_sheet(result: EnsembleResult, image_paths: dict[str, Path], pa
         `path`, or None when no photo of those rows can be found (features made from
         images that are no longer on disk).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot: no global backend switched (a notebook's inline
+    # plots keep working) and nothing left open; it renders with the Agg canvas.
+    from matplotlib.figure import Figure
     from PIL import Image
 
     rows = [r for r in costliest_rows(result, count) if str(result.oof_ids[r]) in image_paths]
@@ -48,8 +47,8 @@ def write_contact_sheet(result: EnsembleResult, image_paths: dict[str, Path], pa
         return None
     losses = row_log_loss(result.oof_labels, result.oof_proba)
     n_rows = math.ceil(len(rows) / columns)
-    fig, axes = plt.subplots(n_rows, columns, figsize=(2.2 * columns, 2.6 * n_rows),
-                             squeeze=False)
+    fig = Figure(figsize=(2.2 * columns, 2.6 * n_rows))
+    axes = fig.subplots(n_rows, columns, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows):
@@ -72,5 +71,4 @@ def write_contact_sheet(result: EnsembleResult, image_paths: dict[str, Path], pa
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     return path

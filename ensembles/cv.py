@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from base.errors import HarnessError
 from competition.images import natural_key

@@ -77,12 +77,12 @@ def plot_history(result: EnsembleResult, path: Path) -> Path | None:
     histories = [h for h in result.histories if h]
     if not histories:
         return None
-    import matplotlib
+    # A Figure of its own, not pyplot: no global backend switched (a notebook's inline
+    # plots keep working) and nothing left open; it renders with the Agg canvas.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for fold, history in enumerate(histories):
             color = f"C{fold % 10}"
@@ -101,7 +101,6 @@ def plot_history(result: EnsembleResult, path: Path) -> Path | None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     return path
 
 
@@ -116,10 +115,9 @@ def has_class_probabilities(result: EnsembleResult) -> bool:
 def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path:
     """Out-of-fold reliability diagram: predicted probability vs observed frequency
     (binary: the positive class; multiclass: the top class's confidence vs correctness)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot: no global backend switched (a notebook's inline
+    # plots keep working) and nothing left open; it renders with the Agg canvas.
+    from matplotlib.figure import Figure
 
     proba, labels = result.oof_proba, result.oof_labels
     if proba.shape[1] == 2:
@@ -136,7 +134,8 @@ def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path
             centers.append(score[mask].mean())
             freqs.append(truth[mask].mean())
             counts.append(int(mask.sum()))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     ax.plot(centers, freqs, marker="o", label="out of fold")
     for x, y, n in zip(centers, freqs, counts):
@@ -148,7 +147,6 @@ def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     return path
 
 

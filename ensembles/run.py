@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from base.errors import HarnessError
 from competition.images import list_train_images, train_groups

@@ -29,6 +29,7 @@ from base.logs import quiet_tensorflow_import
 from competition.images import ImageList, list_test_images, list_train_images
 from features import parts as part_store
 from features.batch import batch_features, decoded_batches, view_sizes
+from features.budget import TimeBudget
 from features.calibration import calibration_set
 from features.engines import (
     INFERENCE_ENGINES,
@@ -152,7 +153,7 @@ class ExtractionReport:
 
 
 def _run_split(split: str, images: ImageList, jobs: list[Job], forwards: dict, runtime: Any,
-               progress: bool) -> None:
+               progress: bool, budget: TimeBudget | None = None) -> None:
     from tqdm.auto import tqdm
 
     need = np.zeros(len(images), dtype=bool)
@@ -184,6 +185,8 @@ def _run_split(split: str, images: ImageList, jobs: list[Job], forwards: dict, r
                                       job.spec.storage_dtype)
                 job.done[split][batch_rows] = True
             bar.update(len(batch_rows))
+            if budget is not None:
+                budget.batch_done(len(batch_rows), {j.spec.name: j.seconds for j in jobs})
 
 
 def _report_bad(job: Job, bad: dict) -> None:
@@ -200,7 +203,7 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
                      batch_size: int = 0, threads: int = 0, precision: str = "float32",
                      force: bool = False, shard: tuple[int, int] | None = None,
                      progress: bool = True, engine: str = "auto",
-                     cluster: str = "auto") -> ExtractionReport:
+                     cluster: str = "auto", time_limit: float | None = None) -> ExtractionReport:
     """Extract (or reuse) one feature file per (backbone, tta) request, in one pass.
 
     Args:
@@ -222,6 +225,9 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
             with "auto" a file made by the other engine is reused. "ray" runs on a Ray
             cluster (features.ray_engine) with the inference engine "auto" picks there.
         cluster: With engine "ray": "auto", "local" or "HOST:PORT" (features.ray_engine).
+        time_limit: Seconds the pass may take (None: no limit): after its first batches it
+            stops when it would not fit, naming the backbones to drop (features.budget;
+            the local engines only).
 
     Returns:
         An ExtractionReport; its summary line is also logged.
@@ -243,14 +249,15 @@ def extract_features(train: ImageList, test: ImageList, requests: Sequence[tuple
         return _extract(train, test, requests, weights, Path(features_dir), started,
                         batch_size=batch_size, threads=threads, precision=precision,
                         force=force, shard=shard, progress=progress, engine=engine,
-                        ray_session=ray_session)
+                        ray_session=ray_session, time_limit=time_limit)
 
 
 def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, str]],
              weights: Mapping[str, WeightsChoice], features_dir: Path, started: float, *,
              batch_size: int, threads: int, precision: str, force: bool,
              shard: tuple[int, int] | None, progress: bool, engine: str,
-             ray_session: RaySession | None) -> ExtractionReport:
+             ray_session: RaySession | None, time_limit: float | None = None
+             ) -> ExtractionReport:
     """extract_features's work, its arguments checked. `ray_session` (engine "ray") is
     closed here once the jobs have run; extract_features closes it whatever happens."""
 
@@ -329,8 +336,13 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
         convert_seconds = sum(f.convert_seconds for f in forwards.values())
         quantize_seconds = sum(f.quantize_seconds for f in forwards.values())
         kernels = sum((f.kernels for f in forwards.values()), Counter())
+        budget = None
+        if time_limit is not None:
+            pending = sum(int(np.sum(~np.logical_and.reduce([job.done[split] for job in todo])))
+                          for split in ("train", "test"))
+            budget = TimeBudget(time_limit, pending, started=started)
         for split, images in (("train", sub_train), ("test", sub_test)):
-            _run_split(split, images, todo, forwards, runtime, progress)
+            _run_split(split, images, todo, forwards, runtime, progress, budget)
     for job in todo:
         # Where it ran is an attribute only: a Ray-made file is the same file as a local one.
         attrs = {**file_attrs(job, train, used_precision),
@@ -368,8 +380,8 @@ def _reused_result(job: Job, images: int) -> FeatureResult:
 
 
 def extract_for_config(config: FeaturesRun, *, force: bool = False,
-                       shard: tuple[int, int] | None = None,
-                       progress: bool = True) -> ExtractionReport:
+                       shard: tuple[int, int] | None = None, progress: bool = True,
+                       time_limit: float | None = None) -> ExtractionReport:
     """Extract the features a configuration asks for (backbones and every ensemble's TTA).
 
     Holds the workspace's features lock (one per shard) for the whole run, so that a second
@@ -380,11 +392,12 @@ def extract_for_config(config: FeaturesRun, *, force: bool = False,
         f".harness-features-shard-{shard[0]}of{shard[1]}.lock")
     what = "harness features" + ("" if shard is None else f" --shard {shard[0]}/{shard[1]}")
     with workspace_lock(config.workspace.root / name, what):
-        return _extract_for_config(config, force=force, shard=shard, progress=progress)
+        return _extract_for_config(config, force=force, shard=shard, progress=progress,
+                                   time_limit=time_limit)
 
 
 def _extract_for_config(config: FeaturesRun, *, force: bool, shard: tuple[int, int] | None,
-                        progress: bool) -> ExtractionReport:
+                        progress: bool, time_limit: float | None) -> ExtractionReport:
     train = list_train_images(config.spec, config.data_dir)
     test = list_test_images(config.spec, config.data_dir)
     requests = config.feature_sets()
@@ -394,4 +407,4 @@ def _extract_for_config(config: FeaturesRun, *, force: bool, shard: tuple[int, i
         train, test, requests, weights, config.workspace.features_dir,
         batch_size=config.features.batch_size, threads=config.features.threads,
         precision=config.features.precision, force=force, shard=shard, progress=progress,
-        engine=config.features.engine, cluster=config.features.cluster)
+        engine=config.features.engine, cluster=config.features.cluster, time_limit=time_limit)

@@ -37,6 +37,19 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _duration(text: str) -> float:
+    from features.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except HarnessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_TIME_LIMIT_HELP = ("e.g. 9h (a Kaggle notebook's limit): after the first batches, stop "
+                    "the extraction if it would take longer, naming the backbones to drop")
+
+
 def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """Options accepted before and after the verb (`harness -v submit` = `harness submit -v`)."""
     default = argparse.SUPPRESS if suppress else None
@@ -91,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the config to write (default: NAME.toml here)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     verb("backbones", "list the available backbones")
+    wheels = verb("wheelhouse", "build a folder of wheels to install the harness offline "
+                                "(a Kaggle dataset)")
+    wheels.add_argument("dest", type=Path, metavar="DIR", help="the folder to write")
+    wheels.add_argument("--no-download", action="store_true",
+                        help="only the harness's own wheel (no network)")
     verb("demo-data", "generate the offline demo competition's images")
     download = verb("download", "download and unpack the competition's files with the kaggle client")
     download.add_argument("--force", action="store_true", help="download again")
@@ -98,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     features = verb("features", "extract and cache GAP features (or a _maps entry's maps) "
                                    "for every backbone")
     features.add_argument("--force", action="store_true", help="rebuild even if cached")
+    features.add_argument("--time-limit", type=_duration, metavar="DURATION",
+                          help=_TIME_LIMIT_HELP)
     features.add_argument("--shard", type=_shard,
                           help="extract only shard i of n (1/4 ... 4/4), then --merge n")
     features.add_argument("--merge", type=int, metavar="N",
@@ -122,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--ensemble", help="write only this ensemble's CSV")
     submit.add_argument("--engine", choices=ENGINE_CHOICES, help=_ENGINE_HELP)
     submit.add_argument("--cluster", help=_CLUSTER_HELP)
+    submit.add_argument("--time-limit", type=_duration, metavar="DURATION",
+                        help=_TIME_LIMIT_HELP)
+    submit.add_argument("--kaggle-notebook", action="store_true",
+                        help="Kaggle notebook defaults: data from /kaggle/input/COMPETITION "
+                             "(read only), workspace /kaggle/working/harness, the pick "
+                             "copied to /kaggle/working/submission.csv")
 
     upload = verb("upload", "upload a validated CSV with the kaggle client and verify it")
     upload.add_argument("--ensemble", help="which ensemble (default: best CV score)")
@@ -155,6 +181,15 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 # --- verbs: parse, call harness.pipeline, print ---------------------------------------------
+
+def cmd_wheelhouse(args: argparse.Namespace) -> None:
+    from harness.wheelhouse import build_wheelhouse
+
+    wheels = build_wheelhouse(args.dest, download=not args.no_download)
+    print(f"wrote {len(wheels)} wheels and ASSUMED.txt to {args.dest}; upload it as a Kaggle "
+          "dataset, then in the notebook: !pip install --no-index --find-links "
+          "/kaggle/input/DATASET kaggle-image-harness")
+
 
 def cmd_competitions(args: argparse.Namespace) -> None:
     from competition.spec import CATALOG
@@ -240,7 +275,8 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_features(args: argparse.Namespace) -> None:
     outcome = pipeline.extract(_load(args), force=args.force, shard=args.shard,
-                               merge=args.merge, progress=not args.quiet)
+                               merge=args.merge, progress=not args.quiet,
+                               time_limit=args.time_limit)
     if args.merge:
         for path in outcome:
             print(path)
@@ -258,11 +294,19 @@ def cmd_ensembles(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
+    from harness.api import copy_submission, notebook_paths
+
+    copy_to = None
+    if args.kaggle_notebook:
+        config = _load(args)  # the competition, from the command line or the config
+        args.data_dir, args.workspace, copy_to = notebook_paths(
+            config.spec.slug, args.data_dir, args.workspace, None)
     done = pipeline.submit(_load(args), ensemble=args.ensemble, progress=not args.quiet,
-                           on_results=_print_table)
+                           on_results=_print_table, time_limit=args.time_limit)
     for path in done.paths:
         print(f"validated: {path}")
-    print(f"submission: {done.pick.name} -> {done.paths[0]} ({done.why})")
+    chosen = copy_submission(done.paths[0], copy_to) if copy_to else done.paths[0]
+    print(f"submission: {done.pick.name} -> {chosen} ({done.why})")
     print("stage times: " + "  ".join(f"{name} {seconds:.1f}s"
                                       for name, seconds in done.seconds.items()))
 
@@ -280,6 +324,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "competitions": cmd_competitions,
+    "wheelhouse": cmd_wheelhouse,
     "backbones": cmd_backbones,
     "demo-data": cmd_demo_data,
     "download": cmd_download,

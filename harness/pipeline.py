@@ -42,9 +42,11 @@ def ensure_data(config: Config) -> None:
 
 
 def extract(config: Config, *, force: bool = False, shard: tuple[int, int] | None = None,
-            merge: int | None = None, progress: bool = True) -> Any:
+            merge: int | None = None, progress: bool = True,
+            time_limit: float | None = None) -> Any:
     """Extract (or reuse) every feature set the configuration needs; with `merge`, assemble
-    that many finished shards instead.
+    that many finished shards instead. `time_limit` (seconds): stop after the first batches
+    when the extraction would not fit (features.budget).
 
     The config was checked when it loaded; the data, the sample submission and every
     weights file are checked here, before TensorFlow's seconds of start-up.
@@ -68,7 +70,8 @@ def extract(config: Config, *, force: bool = False, shard: tuple[int, int] | Non
     if merge:
         return [merge_shards(config.workspace.features_dir, backbone, tta, merge)
                 for backbone, tta in config.feature_sets()]
-    return extract_for_config(config, force=force, shard=shard, progress=progress)
+    return extract_for_config(config, force=force, shard=shard, progress=progress,
+                              time_limit=time_limit)
 
 
 def fit_ensembles(config: Config, *, names: Sequence[str] | None = None, force: bool = False,
@@ -117,14 +120,15 @@ class Submission:
 
 
 def submit(config: Config, *, ensemble: str | None = None, progress: bool = True,
-           on_results: Callable[[list], None] | None = None) -> Submission:
+           on_results: Callable[[list], None] | None = None,
+           time_limit: float | None = None) -> Submission:
     """features -> ensembles -> validated CSVs: every result's, or only `ensemble`'s.
 
     `on_results(results)` is called once the ensembles are fitted, before any CSV is
     written (the CLI prints the CV table there, so a CSV error does not hide it)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    extract(config, progress=progress)
+    extract(config, progress=progress, time_limit=time_limit)
     seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
     results = fit_ensembles(config, progress=progress)
