@@ -23,6 +23,7 @@ from tests.cli_runner import run_harness
 from tests.shared_assets import MOBILENET_WEIGHTS, mini_photos, shared_dir
 
 SLUG = "dogs-vs-cats-redux-kernels-edition"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -123,3 +124,28 @@ def test_a_notebook_run_reads_input_writes_working_and_predicts_a_swapped_test_s
 
     assert scored(second.submission, hidden) >= 0.8  # the new ids, none of the old
     assert snapshot(kaggle / "input") == inputs
+
+
+@pytest.mark.slow
+def test_the_example_notebook_runs_on_the_demo(tmp_path, monkeypatch):
+    """docs/kaggle-notebook.ipynb, executed cell by cell in a Jupyter kernel as a user's
+    notebook is (outside Kaggle it runs the offline demo)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    notebook = nbformat.read(REPO / "docs" / "kaggle-notebook.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = "".join(out.get("text", "") for cell in notebook.cells
+                      for out in cell.get("outputs", []))
+    assert "mobilenet_025-logreg (" in printed and "-> submission.csv" in printed
+    table = notebook.cells[2].outputs[0]["data"]["text/plain"]
+    assert "mobilenet_025-logreg" in table and "cv_score" in table
+    submission = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str})
+    sample = pd.read_csv(tmp_path / "work" / "demo" / "data" / "sample_submission.csv",
+                         dtype={"id": str})
+    assert list(submission["id"]) == list(sample["id"])
+    assert submission["label"].between(0, 1).all()
+    assert f"{len(sample)} rows" in printed
