@@ -61,6 +61,7 @@ def notebook_paths(competition: str | None, data_dir: Any, workspace: Any,
                    submission_csv: Any, kaggle_root: Path | None = None) -> tuple:
     """(data_dir, workspace, submission_csv) of a Kaggle notebook, each given value kept:
     `<root>/input/<competition>`, `<root>/working/harness`, `<root>/working/submission.csv`.
+    The demo has no input folder: it is generated in the workspace (input is read-only).
 
     Raises:
         HarnessError: neither a competition nor a data folder to read.
@@ -68,7 +69,7 @@ def notebook_paths(competition: str | None, data_dir: Any, workspace: Any,
     from base.errors import HarnessError
 
     kaggle_root = kaggle_root or kaggle_root_now()
-    if data_dir is None:
+    if data_dir is None and competition != "demo":
         if not competition:
             raise HarnessError("in a Kaggle notebook, name the competition (its slug, the "
                                "folder under /kaggle/input) or give the data folder")
@@ -111,9 +112,11 @@ def run(competition: str | None = None, *, config: str | Path | None = None,
         HarnessError: any bad input, with the one-line message the CLI prints.
     """
     from ensembles.report import report_table
+    from features.budget import parse_duration
     from harness import pipeline
     from harness.config import load_config
 
+    limit = parse_duration(time_limit) if time_limit is not None else None  # before any work
     if in_kaggle_notebook() if notebook is None else notebook:
         data_dir, workspace, submission_csv = notebook_paths(
             competition, data_dir, workspace, submission_csv,
@@ -125,9 +128,6 @@ def run(competition: str | None = None, *, config: str | Path | None = None,
                  "backbones": " ".join(backbones) if isinstance(backbones, (list, tuple))
                  else backbones}
     settings = load_config(Path(config) if config is not None else None, overrides)
-    from features.budget import parse_duration
-
-    limit = parse_duration(time_limit) if time_limit is not None else None
     done = pipeline.submit(settings, ensemble=ensemble, progress=progress, time_limit=limit)
     chosen = done.paths[0]
     if submission_csv is not None:

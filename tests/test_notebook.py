@@ -126,6 +126,20 @@ def test_a_notebook_run_reads_input_writes_working_and_predicts_a_swapped_test_s
     assert snapshot(kaggle / "input") == inputs
 
 
+def test_notebook_paths_keep_what_is_given_and_never_write_into_input(tmp_path):
+    from base.errors import HarnessError
+    from harness.api import notebook_paths
+
+    assert notebook_paths(SLUG, None, None, None, tmp_path) == (
+        tmp_path / "input" / SLUG, tmp_path / "working" / "harness",
+        tmp_path / "working" / "submission.csv")
+    assert notebook_paths(SLUG, "mine", "ws", "out.csv", tmp_path) == ("mine", "ws", "out.csv")
+    # The demo is generated, so into the workspace: /kaggle/input is read-only.
+    assert notebook_paths("demo", None, None, None, tmp_path)[0] is None
+    with pytest.raises(HarnessError, match="name the competition"):
+        notebook_paths(None, None, None, None, tmp_path)
+
+
 @pytest.mark.slow
 def test_the_example_notebook_runs_on_the_demo(tmp_path, monkeypatch):
     """docs/kaggle-notebook.ipynb, executed cell by cell in a Jupyter kernel as a user's
