@@ -390,8 +390,8 @@ def _fit_shape_to_metric(proposal: Proposal, notes: list[str]) -> bool:
     fields = proposal.fields
     shape = fields["submission"]
     if METRICS[fields["metric"]].submits in ("proba", "ranking") and shape in (
-            "class_index", "class_name"):
-        fields["submission"] = "probability" if fields["task"] == "binary" else shape
+            "class_index", "class_name") and fields["task"] == "binary":
+        fields["submission"] = "probability"
         try:
             proposal.spec()
             notes.append(f"submission: probability, not {shape} (the sample's placeholder "

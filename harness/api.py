@@ -45,8 +45,6 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-
-
 def in_kaggle_notebook() -> bool:
     """Whether this process runs in a Kaggle notebook (Kaggle sets this variable there)."""
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
@@ -120,7 +118,7 @@ def run(competition: str | None = None, *, config: str | Path | None = None,
     if in_kaggle_notebook() if notebook is None else notebook:
         data_dir, workspace, submission_csv = notebook_paths(
             competition, data_dir, workspace, submission_csv,
-            Path(kaggle_root) if kaggle_root is not None else kaggle_root_now())
+            Path(kaggle_root) if kaggle_root is not None else None)
 
     overrides = {"competition": competition, "data_dir": _text(data_dir),
                  "weights_dir": _text(weights_dir), "weights": weights,
