@@ -16,6 +16,12 @@ Keras fine-tuning guide:
    stratified inner split as phase 1. If no epoch scores better on it than phase 1 did,
    phase 1's weights are kept: fine-tuning can only help on the inner split.
 
+Maps cached with tta "flip" hold each image's maps and its mirror image's side by side
+(2 x h * w * c columns): phase 1 then trains on the two views' mean GAP output, phase 2 on
+both views of every training image (flipped copies: the seed recipe's horizontal-flip
+augmentation, computed once), stops on both views of the held-out images, and predictions
+are the mean over the two views (test-time augmentation for free).
+
 It is a head like the others: scikit-learn's contract (fit(X, y, rows=...), predict_proba),
 scored out of fold on the ensemble's folds, blendable, cached by its parameters. `backbone`
 and `weights` are not the user's to set: the ensembles run takes them from the feature
@@ -44,7 +50,7 @@ from ensembles.heads import (
     _check_rows,
     inner_split,
 )
-from features.backbones import MAP_BACKBONES, get_backbone
+from features.backbones import MAP_BACKBONES, MAP_VIEWS, get_backbone
 from features.store import feature_path, read_attrs, read_ids
 
 logger = logging.getLogger(__name__)
@@ -71,7 +77,8 @@ INJECTED = ("backbone", "weights")
 
 class FinetuneHead(ClassifierMixin, BaseEstimator):
     """The layers of `backbone`'s base above its cut, then Dropout -> Dense, trained on
-    flattened maps X (n, h * w * c) of a `_maps` feature file (see the module docstring).
+    flattened maps X (n, h * w * c) of a `_maps` feature file, or (n, 2 * h * w * c) for
+    maps cached with their mirror images' (tta "flip"; see the module docstring).
 
     Args:
         backbone: The `_maps` entry whose maps X holds (e.g. "xception_maps").
@@ -117,15 +124,20 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
                                "[\"xception_maps\"] (and extract it with `harness features`)")
         return spec
 
-    def _check_X(self, X: Any, spec) -> np.ndarray:
+    def _check_X(self, X: Any, spec) -> tuple[np.ndarray, int]:
+        """X as one map per row, (n * views, h * w * c) (a view of X, not a copy, for the
+        C-ordered arrays feature files give: image i's views are rows i * views + v), and
+        the number of views."""
         X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != spec.feature_dim:
+        widths = {spec.stored_dim(tta): views for tta, views in MAP_VIEWS.items()}
+        if X.ndim != 2 or X.shape[1] not in widths:
             raise ValueError(f"X must hold {spec.name}'s flattened maps "
-                             f"{list(spec.map_shape)} ({spec.feature_dim} columns per row), "
+                             f"{list(spec.map_shape)} ({spec.feature_dim} columns per row, "
+                             f"{2 * spec.feature_dim} with the mirror images' maps), "
                              f"got shape {X.shape}")
         if X.dtype not in (np.float16, np.float32):
             X = X.astype(np.float32)
-        return X
+        return X.reshape(-1, spec.feature_dim), widths[X.shape[1]]
 
     def _top(self, spec):
         """The layers above the cut of the base backbone, BatchNormalization frozen."""
@@ -146,16 +158,16 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         return np.concatenate(out, axis=0) if out else np.zeros((0, top.output.shape[-1]))
 
     def fit(self, X: Any, y: Any, rows: Any = None) -> FinetuneHead:
-        """Fit on maps `X` (n, h * w * c) and labels `y` (aligned to `rows` when given:
+        """Fit on maps `X` (n, views * h * w * c) and labels `y` (aligned to `rows` when given:
         fit on X[rows], batches read from X without copying it); returns self."""
         import keras
 
         check_params(FINETUNE_PARAMS, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         spec = self._maps_spec()
-        X = self._check_X(X, spec)
         index = _check_rows(X, rows)
         index = np.arange(len(X)) if index is None else index
+        X, views = self._check_X(X, spec)
         keras.utils.set_random_seed(int(self.seed))
         top = self._top(spec)
         head_params = {key: value for key, value in
@@ -165,7 +177,8 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         head = (DropoutRegressor if self._fits_values else DropoutHead)(**head_params)
         # Phase 1: the dropout head on the frozen top's GAP output. Its inner split is
         # inner_split(...) with these arguments, the same as phase 2's below.
-        head.fit(self._gap(top, X, index, spec.map_shape), y)
+        gap = self._gap(top, X, view_rows(index, views), spec.map_shape)
+        head.fit(gap.reshape(len(index), views, -1).mean(axis=1), y)
         target, codes = head._targets(y, len(index))
         self.classes_, self.target_ = head.classes_, head.target_
         fit_pos, val_pos = inner_split(len(index), self.validation_split, codes,
@@ -178,27 +191,32 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         self.phase1_loss_ = self.best_loss_ = float("nan")
         self.phase2_seconds_ = 0.0
         if self.epochs and len(val_pos):
-            self._phase2(model, head, X, index, target, fit_pos, val_pos)
+            self._phase2(model, head, X, views, index, target, fit_pos, val_pos)
         elif self.epochs:
             logger.warning("finetune %s: %d training rows are too few for a %.0f%% "
                            "validation split; the top is not trained (phase 1 only)",
                            self.backbone, len(index), 100 * self.validation_split)
         self.head_, self.model_ = head, model
-        self.n_features_in_ = X.shape[1]
+        self.views_ = views
+        self.n_features_in_ = X.shape[1] * views
         self.n_epochs_ = max(0, len(self.history_["loss"]) - 1)  # phase 2's epochs
         return self
 
-    def _phase2(self, model, head, X, index, target, fit_pos, val_pos) -> None:
-        """The top and the head together, SGD, early stopping; phase 1 kept unless beaten."""
+    def _phase2(self, model, head, X, views, index, target, fit_pos, val_pos) -> None:
+        """The top and the head together, SGD, early stopping; phase 1 kept unless beaten.
+        Every view of an image is a training (or held-out) row of its own."""
         import keras
+
+        def expand(positions):
+            return (view_rows(index[positions], views),
+                    np.repeat(target[positions], views, axis=0))
 
         model.compile(optimizer=keras.optimizers.SGD(float(self.learning_rate),
                                                      momentum=float(self.momentum)),
                       loss=head.model_.loss)
         Batches = _batches_class()
-        batches = Batches(X, index[fit_pos], target[fit_pos], int(self.batch_size),
-                          int(self.seed))
-        validation = Batches(X, index[val_pos], target[val_pos], PREDICT_ROWS, None)
+        batches = Batches(X, *expand(fit_pos), int(self.batch_size), int(self.seed))
+        validation = Batches(X, *expand(val_pos), PREDICT_ROWS, None)
         keep = _KeepBest(int(self.early_stopping))
         start = time.perf_counter()
         try:
@@ -219,13 +237,18 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
                     len(history.history["loss"]))
 
     def _outputs(self, X: Any) -> np.ndarray:
+        """The model's outputs, averaged over each image's views."""
         check_is_fitted(self, "model_")
-        X = self._check_X(X, self._maps_spec())
+        X, views = self._check_X(X, self._maps_spec())
+        if views != self.views_:
+            raise ValueError(f"X holds {views} view(s) of each image's maps; this head was "
+                             f"fitted on {self.views_} (the maps' tta must not change)")
         out = [np.asarray(self.model_(X[i:i + PREDICT_ROWS].astype(np.float32),
                                       training=False), dtype=np.float64)
                for i in range(0, len(X), PREDICT_ROWS)]
         width = self.model_.output.shape[-1]
-        return np.concatenate(out, axis=0) if out else np.zeros((0, width))
+        out = np.concatenate(out, axis=0) if out else np.zeros((0, width))
+        return out.reshape(-1, views, width).mean(axis=1)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class (or tag) probabilities, (n, len(classes_)), in `classes_` order."""
@@ -253,6 +276,11 @@ class FinetuneRegressor(RegressorMixin, FinetuneHead):
     def predict_proba(self, X: Any) -> np.ndarray:
         """As DropoutRegressor: one column holding the predicted values."""
         return self.predict(X).reshape(-1, 1)
+
+
+def view_rows(images: np.ndarray, views: int) -> np.ndarray:
+    """The rows of one-map-per-row X (FinetuneHead._check_X) holding these images' views."""
+    return (np.asarray(images, np.int64)[:, None] * views + np.arange(views)).ravel()
 
 
 def _KeepBest(patience: int):
@@ -284,7 +312,8 @@ def _KeepBest(patience: int):
 
 def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble: str,
                    params: dict | None = None) -> None:
-    """A finetune ensemble has exactly one `_maps` backbone, no TTA, and leaves `backbone`
+    """A finetune ensemble has exactly one `_maps` backbone, tta none or flip (MAP_VIEWS),
+    and leaves `backbone`
     and `weights` to the run; maps feed no other head (a linear model on 100,000 map
     values per image is not what they are for).
 
@@ -306,9 +335,10 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
         raise HarnessError(f"ensemble {ensemble!r}: the finetune head trains on one `_maps` "
                            f"backbone's maps, not {list(backbones)}; set backbones = "
                            "[\"xception_maps\"] (or another <backbone>_maps)")
-    if tta != "none":
-        raise HarnessError(f"ensemble {ensemble!r}: the finetune head has no test-time "
-                           "augmentation; set tta = \"none\"")
+    if tta not in MAP_VIEWS:
+        raise HarnessError(f"ensemble {ensemble!r}: the finetune head's maps are cached with "
+                           f"tta \"none\" or \"flip\" (the mirror images' maps too), not "
+                           f"{tta!r}; set one of them")
     given = sorted(set(params or {}) & set(INJECTED))
     if given:
         raise HarnessError(f"ensemble {ensemble!r}: {given} of the finetune head come from "

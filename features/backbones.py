@@ -40,6 +40,19 @@ def _lazy(module: str, attr: str) -> Callable:
     return call
 
 
+# The TTA modes a `_maps` entry can be cached with, and the views each stores per image
+# (10-crop would be ten times 195 MiB per 1,000 images; bench/finetune.py).
+MAP_VIEWS = {"none": 1, "flip": 2}
+
+
+def map_views(tta: str) -> int:
+    """How many views of each image a maps file cached with `tta` holds."""
+    if tta not in MAP_VIEWS:
+        raise HarnessError(f"maps are cached with tta {' or '.join(map(repr, MAP_VIEWS))} "
+                           f"(flip: the mirror image's maps too, for augmentation), not {tta!r}")
+    return MAP_VIEWS[tta]
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """One pretrained CNN used as a feature extractor (GlobalAveragePooling output).
@@ -85,6 +98,12 @@ class BackboneSpec:
         """What its features are stored as: float16 for maps (half the disk; bench/
         finetune.py measures the difference it makes), float32 for GAP features."""
         return "float16" if self.maps_of else "float32"
+
+    def stored_dim(self, tta: str) -> int:
+        """Columns per image in its feature file under TTA mode `tta`: GAP features average
+        their views (feature_dim); maps keep them side by side (`flip`: the image's maps,
+        then its mirror image's), since an average of two views' maps is no image's maps."""
+        return self.feature_dim * (map_views(tta) if self.maps_of else 1)
 
     @property
     def preprocess_name(self) -> str:

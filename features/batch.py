@@ -73,6 +73,7 @@ def batch_features(wanted: Sequence[tuple[BackboneSpec, str]], views: Mapping[in
 
 def tta_features(forward: Any, batch: Any, tta: str, cache: dict) -> np.ndarray:
     """Features of one batch under a TTA mode; plain features are shared across modes.
+    GAP features average the views; a `_maps` entry's flip keeps both (stored_dim).
 
     One copy for every engine: `forward` takes and returns numpy arrays (features.engines).
     """
@@ -84,6 +85,8 @@ def tta_features(forward: Any, batch: Any, tta: str, cache: dict) -> np.ndarray:
         if tta == "none":
             return cache[key]
         mirrored = forward(batch[:, :, ::-1, :])
+        if forward.spec.maps_of:  # maps side by side: an average of two maps is no image's
+            return np.concatenate([cache[key], mirrored], axis=1)
         return (cache[key] + mirrored) / 2.0
     side, size = int(batch.shape[1]), forward.spec.input_size
     far = side - size

@@ -348,7 +348,7 @@ def _extract(train: ImageList, test: ImageList, requests: Sequence[tuple[str, st
         attrs = {**file_attrs(job, train, used_precision),
                  "executor": "ray" if engine == "ray" else "local"}
         bad = part_store.assemble(job.folder, job.path, sub_train, sub_test,
-                                  job.spec.feature_dim, attrs)
+                                  job.spec.stored_dim(job.tta), attrs)
         part_store.discard(job.folder)
         part_store.discard_stale(job.path)
         _report_bad(job, bad)

@@ -20,7 +20,7 @@ from typing import Any
 from base.errors import HarnessError
 from competition.images import ImageList
 from features import parts as part_store
-from features.backbones import BackboneSpec, get_backbone
+from features.backbones import BackboneSpec, get_backbone, map_views
 from features.batch import RESIZE, crop_size
 from features.calibration import calibration_set
 from features.decode import DECODER_VERSION
@@ -144,11 +144,12 @@ def validate_requests(requests: Sequence[tuple[str, str]], weights: Mapping[str,
         get_backbone(backbone)
         if tta not in TTA_MODES:
             raise HarnessError(f"tta {tta!r} for {backbone} is not one of {', '.join(TTA_MODES)}")
-        if tta != "none" and get_backbone(backbone).maps_of:
-            # Averaged maps of several views are no image's maps: the top would be
-            # trained on something no test image gives.
-            raise HarnessError(f"{backbone}: maps are cached without test-time augmentation; "
-                               "set tta = 'none' for ensembles of _maps backbones")
+        if get_backbone(backbone).maps_of:
+            try:
+                map_views(tta)
+            except HarnessError as exc:
+                raise HarnessError(f"{backbone}: {exc}; set tta = 'none' or 'flip' for "
+                                   "ensembles of _maps backbones") from None
         if backbone not in weights:
             raise HarnessError(f"no weights chosen for {backbone}; resolve_weights() it first")
         if get_backbone(backbone).maps_of and weights[backbone].keras_arg is None:
@@ -205,7 +206,7 @@ def file_attrs(job: Job, train: ImageList, precision: str) -> dict:
     attrs = {
         "backbone": job.spec.name,
         "input_size": job.spec.input_size,
-        "feature_dim": job.spec.feature_dim,
+        "feature_dim": job.spec.stored_dim(job.tta),
         "feature_dtype": job.spec.storage_dtype,
         "weights": job.weights.identity,
         # What to load again (the finetune head rebuilds the top above a maps cut).

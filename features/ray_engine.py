@@ -401,8 +401,8 @@ class BatchWorker:
             "computed": np.full(count, sum(1 << k for k in wanted), np.int64),
             "seconds": np.zeros((count, len(self.jobs)), np.float64),
         }
-        for k, (spec, _) in enumerate(self.jobs):
-            result[f"features_{k}"] = np.zeros((count, spec.feature_dim), np.float32)
+        for k, (spec, tta) in enumerate(self.jobs):
+            result[f"features_{k}"] = np.zeros((count, spec.stored_dim(tta)), np.float32)
         for k, (values, seconds) in zip(wanted, outs):
             result[f"features_{k}"] = values
             result["seconds"][:, k] = seconds / count

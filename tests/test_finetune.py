@@ -109,9 +109,49 @@ def test_maps_shard_and_merge_like_gap_features(maps_data, tmp_path):
         np.testing.assert_allclose(parts.features.astype(np.float32),
                                    whole.features.astype(np.float32), rtol=2e-3, atol=1e-3)
     train, test = image_lists(data)
-    with pytest.raises(HarnessError, match="maps are cached without test-time augmentation"):
-        extract_features(train, test, [("mobilenet_025_maps", "flip")],
+    with pytest.raises(HarnessError, match="mobilenet_025_maps: maps are cached with tta "
+                                           "'none' or 'flip' .* not 'crops'"):
+        extract_features(train, test, [("mobilenet_025_maps", "crops")],
                          {"mobilenet_025_maps": weights}, tmp_path, progress=False)
+
+
+@pytest.fixture(scope="module")
+def flipped_maps(maps_data):
+    """The maps_data images' maps with their mirror images' (tta flip), and the flip-TTA
+    GAP features made in the same pass."""
+    root, weights = maps_data
+    out = root / "flipped"
+    train, test = image_lists(root / "data")
+    wanted = [("mobilenet_025", "flip"), ("mobilenet_025_maps", "flip")]
+    extract_features(train, test, wanted, {b: weights for b, _ in wanted}, out, batch_size=4,
+                     progress=False, engine="tensorflow")
+    return out
+
+
+def test_flipped_maps_hold_the_image_and_its_mirror_image(maps_data, flipped_maps):
+    root, weights = maps_data
+    path = feature_path(flipped_maps, "mobilenet_025_maps", "flip")
+    assert path.name == "mobilenet_025_maps-flip.h5"
+    dim = 14 * 14 * 128
+    assert read_attrs(path)["feature_dim"] == 2 * dim
+    spec = get_backbone("mobilenet_025")
+    top = spec.top(spec.build(weights.keras_arg))
+    for split in ("train", "test"):
+        both = load_split(path, split)
+        plain = load_split(feature_path(root / "features", "mobilenet_025_maps"), split)
+        gap_flip = load_split(feature_path(flipped_maps, "mobilenet_025", "flip"), split)
+        assert both.features.shape == (len(plain.ids), 2 * dim)
+        assert list(both.ids) == list(plain.ids) == list(gap_flip.ids)
+        # The first view is the image's own maps, the second is not them again.
+        np.testing.assert_array_equal(both.features[:, :dim], plain.features)
+        assert not np.allclose(both.features[:, dim:], both.features[:, :dim], atol=1e-2)
+        # Through the top, the two views' mean is the flip-TTA GAP features (the mean of
+        # the image's and its mirror image's), so the second view is the mirror image's.
+        views = [np.asarray(top(both.features[:, v * dim:(v + 1) * dim].astype(np.float32)
+                                .reshape(-1, 14, 14, 128), training=False)) for v in (0, 1)]
+        scale = float(np.abs(gap_flip.features).max())
+        np.testing.assert_allclose((views[0] + views[1]) / 2, gap_flip.features,
+                                   atol=5e-3 * scale)
 
 
 def _train(maps_data):
@@ -159,6 +199,27 @@ def test_finetune_head_trains_the_top_and_keeps_the_contract(maps_data):
     assert clone(head).get_params() == head.get_params()
 
 
+def test_finetune_head_on_flipped_maps_trains_on_both_views_and_averages_them(
+        maps_data, flipped_maps):
+    _, y, weights = _train(maps_data)
+    X = load_split(feature_path(flipped_maps, "mobilenet_025_maps", "flip"), "train").features
+    dim = X.shape[1] // 2
+    head = small_head(weights).fit(X, y)
+    assert head.views_ == 2 and head.n_features_in_ == 2 * dim
+    proba = head.predict_proba(X)
+    assert proba.shape == (16, 2)
+    # A prediction is the mean over the two views: the same with the views swapped, and
+    # the mean of the network's outputs on each.
+    swapped = np.hstack([X[:, dim:], X[:, :dim]])
+    np.testing.assert_allclose(head.predict_proba(swapped), proba, atol=1e-6)
+    each = [np.asarray(head.model_(X[:, v * dim:(v + 1) * dim].astype(np.float32)))[:, 0]
+            for v in (0, 1)]
+    np.testing.assert_allclose(proba[:, 1], (each[0] + each[1]) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="X holds 1 view\\(s\\) of each image's maps; this "
+                                         "head was fitted on 2"):
+        head.predict_proba(X[:, :dim])
+
+
 def test_finetune_regressor_predicts_in_the_targets_units(maps_data):
     X, y, weights = _train(maps_data)
     values = 50.0 + 20.0 * y + np.arange(len(y)) % 3
@@ -177,7 +238,8 @@ def test_finetune_head_refuses_what_is_not_maps(maps_data):
     with pytest.raises(HarnessError, match="trains on a `_maps` backbone's maps, not ''"):
         FinetuneHead().fit(X, y)
     with pytest.raises(ValueError, match=r"X must hold mobilenet_025_maps's flattened maps "
-                                         r"\[14, 14, 128\]"):
+                                         r"\[14, 14, 128\] \(25088 columns per row, 50176 "
+                                         r"with the mirror images' maps\)"):
         small_head(weights).fit(X[:, :100], y)
 
 
@@ -208,13 +270,17 @@ def test_finetune_ensemble_runs_scores_out_of_fold_and_is_reused(tmp_path, monke
     weights = genuine_mobilenet(tmp_path)
     config = _config(tmp_path, {
         "mob-ft": FINETUNE,
+        "mob-ft-flip": FINETUNE + '\ntta = "flip"',
         "mob-logreg": 'backbones = ["mobilenet_025"]\nhead = "logreg"'}, weights.keras_arg)
+    assert ("mobilenet_025_maps", "flip") in config.feature_sets()
     made = submit(config, progress=False)
     results = {r.name: r for r in fit_ensembles(config, progress=False)}
-    tuned = results["mob-ft"]
-    assert tuned.reused and np.isfinite(tuned.cv_score)
-    assert tuned.oof_proba.shape == (16, 2) and len(tuned.test_ids) == 5
-    assert any(p.name == "demo-mob-ft.csv" for p in made.paths)
+    for name in ("mob-ft", "mob-ft-flip"):
+        tuned = results[name]
+        assert tuned.reused and np.isfinite(tuned.cv_score)
+        assert tuned.oof_proba.shape == (16, 2) and len(tuned.test_ids) == 5
+        assert any(p.name == f"demo-{name}.csv" for p in made.paths)
+    assert not np.allclose(results["mob-ft"].oof_proba, results["mob-ft-flip"].oof_proba)
     # The weights the maps were made with are read again: changed, the run says so.
     with open(weights.keras_arg, "ab") as handle:
         handle.write(b"\0")
@@ -249,8 +315,8 @@ def test_finetune_from_images_on_a_cpu_is_refused_with_an_estimate(tmp_path, mon
      "the finetune head trains on one `_maps` backbone's maps, not \\['mobilenet_025'\\]"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "logreg"',
      "\\['mobilenet_025_maps'\\] hold maps for the finetune head, not features for 'logreg'"),
-    ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\ntta = "flip"',
-     "the finetune head has no test-time augmentation"),
+    ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\ntta = "crops"',
+     "the finetune head's maps are cached with tta \"none\" or \"flip\" .* not 'crops'"),
     ('backbones = ["mobilenet_025"]\nhead = "logreg"\nfrom = "images"',
      "`from` chooses the finetune head's input; remove it for head 'logreg'"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nweights = "other.h5"',
