@@ -99,6 +99,7 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
     """
 
     _fits_values = False
+    _schema = FINETUNE_PARAMS
 
     def __init__(self, backbone: str = "", weights: str | None = None, dropout: float = 0.5,
                  head_epochs: int = 30, epochs: int = 6, learning_rate: float = 1e-4,
@@ -124,6 +125,9 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
                                "[\"xception_maps\"] (and extract it with `harness features`)")
         return spec
 
+    # The input hooks: maps here, decoded images in ensembles.finetune_images. `data` is
+    # what `_check_X` made of X; `rows` index images (not views).
+
     def _check_X(self, X: Any, spec) -> tuple[np.ndarray, int]:
         """X as one map per row, (n * views, h * w * c) (a view of X, not a copy, for the
         C-ordered arrays feature files give: image i's views are rows i * views + v), and
@@ -139,8 +143,9 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
             X = X.astype(np.float32)
         return X.reshape(-1, spec.feature_dim), widths[X.shape[1]]
 
-    def _top(self, spec):
-        """The layers above the cut of the base backbone, BatchNormalization frozen."""
+    def _network(self, spec):
+        """What phase 1 reads GAP features from and phase 2 trains: here the layers above
+        the base backbone's cut, BatchNormalization frozen."""
         import keras
 
         base = get_backbone(spec.maps_of)
@@ -150,83 +155,106 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
                 layer.trainable = False
         return top
 
-    def _gap(self, top, X: np.ndarray, rows: np.ndarray, shape) -> np.ndarray:
-        """The frozen top's GAP output for X[rows], in float32 batches."""
-        out = [np.asarray(top(X[rows[i:i + PREDICT_ROWS]].astype(np.float32)
-                              .reshape(-1, *shape), training=False))
-               for i in range(0, len(rows), PREDICT_ROWS)]
-        return np.concatenate(out, axis=0) if out else np.zeros((0, top.output.shape[-1]))
+    def _frozen_gap(self, network, data: np.ndarray, views: int, rows: np.ndarray,
+                    spec) -> np.ndarray:
+        """The network's GAP output for images `rows` before training, the mean over their
+        views: phase 1's features, (len(rows), width)."""
+        maps = view_rows(rows, views)
+        out = [np.asarray(network(data[maps[i:i + PREDICT_ROWS]].astype(np.float32)
+                                  .reshape(-1, *spec.map_shape), training=False))
+               for i in range(0, len(maps), PREDICT_ROWS)]
+        width = network.output.shape[-1]
+        gap = np.concatenate(out, axis=0) if out else np.zeros((0, width))
+        return gap.reshape(len(rows), views, width).mean(axis=1)
 
-    def fit(self, X: Any, y: Any, rows: Any = None) -> FinetuneHead:
-        """Fit on maps `X` (n, views * h * w * c) and labels `y` (aligned to `rows` when given:
-        fit on X[rows], batches read from X without copying it); returns self."""
+    def _model(self, network, head, spec):
+        """One view in, the head's output out: the network then the phase-1 head."""
         import keras
 
-        check_params(FINETUNE_PARAMS, self.get_params(), where=type(self).__name__,
+        maps = keras.Input((spec.feature_dim,), dtype="float32")
+        x = keras.layers.Reshape(spec.map_shape)(maps)
+        return keras.Model(maps, head.model_(network(x, training=False)))
+
+    def _batches(self, data: np.ndarray, views: int, rows: np.ndarray, target: np.ndarray,
+                 training: bool):
+        """Phase 2's training (shuffled, seeded) or held-out batches of images `rows`, every
+        view a row of its own (flipped copies are the augmentation of maps)."""
+        size, seed = (int(self.batch_size), int(self.seed)) if training else (PREDICT_ROWS, None)
+        return _batches_class()(data, view_rows(rows, views), np.repeat(target, views, axis=0),
+                                size, seed)
+
+    def _predict(self, data: np.ndarray, views: int) -> np.ndarray:
+        """The fitted model's outputs, averaged over each image's views."""
+        out = [np.asarray(self.model_(data[i:i + PREDICT_ROWS].astype(np.float32),
+                                      training=False), dtype=np.float64)
+               for i in range(0, len(data), PREDICT_ROWS)]
+        width = self.model_.output.shape[-1]
+        out = np.concatenate(out, axis=0) if out else np.zeros((0, width))
+        return out.reshape(-1, views, width).mean(axis=1)
+
+    def fit(self, X: Any, y: Any, rows: Any = None) -> FinetuneHead:
+        """Fit on maps `X` (n, views * h * w * c) and labels `y` (aligned to `rows` when
+        given: fit on X[rows], batches read from X without copying it); returns self."""
+        import keras
+
+        check_params(self._schema, self.get_params(), where=type(self).__name__,
                      error=ValueError)
         spec = self._maps_spec()
         index = _check_rows(X, rows)
         index = np.arange(len(X)) if index is None else index
-        X, views = self._check_X(X, spec)
+        data, views = self._check_X(X, spec)
         keras.utils.set_random_seed(int(self.seed))
-        top = self._top(spec)
+        network = self._network(spec)
         head_params = {key: value for key, value in
                        {"dropout": self.dropout, "epochs": self.head_epochs,
                         "validation_split": self.validation_split,
                         "seed": self.seed}.items() if key in DROPOUT_PARAMS}
         head = (DropoutRegressor if self._fits_values else DropoutHead)(**head_params)
-        # Phase 1: the dropout head on the frozen top's GAP output. Its inner split is
+        # Phase 1: the dropout head on the frozen network's GAP output. Its inner split is
         # inner_split(...) with these arguments, the same as phase 2's below.
-        gap = self._gap(top, X, view_rows(index, views), spec.map_shape)
-        head.fit(gap.reshape(len(index), views, -1).mean(axis=1), y)
+        head.fit(self._frozen_gap(network, data, views, index, spec), y)
         target, codes = head._targets(y, len(index))
         self.classes_, self.target_ = head.classes_, head.target_
         fit_pos, val_pos = inner_split(len(index), self.validation_split, codes,
                                        len(self.classes_), int(self.seed), int(self.epochs),
                                        warn=False)
-        maps = keras.Input((spec.feature_dim,), dtype="float32")
-        x = keras.layers.Reshape(spec.map_shape)(maps)
-        model = keras.Model(maps, head.model_(top(x, training=False)))
+        model = self._model(network, head, spec)
         self.history_ = {"loss": [], "val_loss": []}
         self.phase1_loss_ = self.best_loss_ = float("nan")
         self.phase2_seconds_ = 0.0
         if self.epochs and len(val_pos):
-            self._phase2(model, head, X, views, index, target, fit_pos, val_pos)
+            self._phase2(model, head, self._batches(data, views, index[fit_pos],
+                                                    target[fit_pos], True),
+                         self._batches(data, views, index[val_pos], target[val_pos], False))
         elif self.epochs:
             logger.warning("finetune %s: %d training rows are too few for a %.0f%% "
                            "validation split; the top is not trained (phase 1 only)",
                            self.backbone, len(index), 100 * self.validation_split)
         self.head_, self.model_ = head, model
         self.views_ = views
-        self.n_features_in_ = X.shape[1] * views
+        self.n_features_in_ = np.asarray(X).shape[1]
         self.n_epochs_ = max(0, len(self.history_["loss"]) - 1)  # phase 2's epochs
         return self
 
-    def _phase2(self, model, head, X, views, index, target, fit_pos, val_pos) -> None:
-        """The top and the head together, SGD, early stopping; phase 1 kept unless beaten.
-        Every view of an image is a training (or held-out) row of its own."""
+    def _phase2(self, model, head, batches, validation) -> None:
+        """The network and the head together, SGD, early stopping; phase 1 kept unless
+        beaten."""
         import keras
-
-        def expand(positions):
-            return (view_rows(index[positions], views),
-                    np.repeat(target[positions], views, axis=0))
 
         model.compile(optimizer=keras.optimizers.SGD(float(self.learning_rate),
                                                      momentum=float(self.momentum)),
                       loss=head.model_.loss)
-        Batches = _batches_class()
-        batches = Batches(X, *expand(fit_pos), int(self.batch_size), int(self.seed))
-        validation = Batches(X, *expand(val_pos), PREDICT_ROWS, None)
         keep = _KeepBest(int(self.early_stopping))
         start = time.perf_counter()
         try:
             keep.set_model(model)
             keep.start(float(model.evaluate(validation, verbose=0)))
             history = model.fit(batches, validation_data=validation, epochs=int(self.epochs),
-                                callbacks=[keep], verbose=0)
+                                callbacks=[keep], shuffle=False, verbose=0)  # batches shuffle themselves
         finally:
-            batches.release()
-            validation.release()
+            for holder in (batches, validation):
+                if hasattr(holder, "release"):
+                    holder.release()
         self.phase2_seconds_ = time.perf_counter() - start
         self.history_ = {"loss": [math.nan] + [float(v) for v in history.history["loss"]],
                          "val_loss": [keep.initial]
@@ -237,18 +265,12 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
                     len(history.history["loss"]))
 
     def _outputs(self, X: Any) -> np.ndarray:
-        """The model's outputs, averaged over each image's views."""
         check_is_fitted(self, "model_")
-        X, views = self._check_X(X, self._maps_spec())
+        data, views = self._check_X(X, self._maps_spec())
         if views != self.views_:
             raise ValueError(f"X holds {views} view(s) of each image's maps; this head was "
                              f"fitted on {self.views_} (the maps' tta must not change)")
-        out = [np.asarray(self.model_(X[i:i + PREDICT_ROWS].astype(np.float32),
-                                      training=False), dtype=np.float64)
-               for i in range(0, len(X), PREDICT_ROWS)]
-        width = self.model_.output.shape[-1]
-        out = np.concatenate(out, axis=0) if out else np.zeros((0, width))
-        return out.reshape(-1, views, width).mean(axis=1)
+        return self._predict(data, views)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class (or tag) probabilities, (n, len(classes_)), in `classes_` order."""
@@ -312,19 +334,20 @@ def _KeepBest(patience: int):
 
 def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble: str,
                    params: dict | None = None) -> None:
-    """A finetune ensemble has exactly one `_maps` backbone, tta none or flip (MAP_VIEWS),
-    and leaves `backbone`
-    and `weights` to the run; maps feed no other head (a linear model on 100,000 map
-    values per image is not what they are for).
+    """A finetune ensemble has exactly one `_maps` backbone, tta none or flip (MAP_VIEWS;
+    none from images, check_images_use), and leaves `backbone` and `weights` to the run;
+    maps feed no other head (a linear model on 100,000 map values per image is not what
+    they are for).
 
     Raises:
         HarnessError: naming the ensemble and the fix.
     """
     maps = [b for b in backbones if get_backbone(b).maps_of]
     if head != "finetune":
-        if "from" in (params or {}):
-            raise HarnessError(f"ensemble {ensemble!r}: `from` chooses the finetune head's "
-                               f"input; remove it for head {head!r}")
+        own = sorted({"from", "augment", "allow_cpu"} & set(params or {}))
+        if own:
+            raise HarnessError(f"ensemble {ensemble!r}: {own} choose the finetune head's "
+                               f"input; remove them for head {head!r}")
         if maps:
             raise HarnessError(f"ensemble {ensemble!r}: {maps} hold maps for the finetune "
                                f"head, not features for {head!r}; use their backbones "
@@ -339,6 +362,7 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
         raise HarnessError(f"ensemble {ensemble!r}: the finetune head's maps are cached with "
                            f"tta \"none\" or \"flip\" (the mirror images' maps too), not "
                            f"{tta!r}; set one of them")
+    check_images_use(tta, params or {}, ensemble=ensemble)
     given = sorted(set(params or {}) & set(INJECTED))
     if given:
         raise HarnessError(f"ensemble {ensemble!r}: {given} of the finetune head come from "
@@ -346,25 +370,25 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
 
 
 # Training a network costs about three forward passes per image (forward, and the backward
-# pass's two products per layer): the usual rule, used only for the estimate below.
+# pass's two products per layer): the usual rule, used only for the estimate below (an upper
+# bound: the layers below the cut are frozen and only run forward).
 TRAIN_FORWARDS = 3
 
 
 def refuse_images_on_cpu(features_dir, backbones: tuple[str, ...], epochs: int, *,
-                         ensemble: str) -> None:
-    """`from = "images"` fine-tunes the whole backbone from decoded images: refused on a CPU
-    with an estimate of its time from the forward pass's measured speed; on a GPU it is not
-    built yet (the cached maps are the way on either).
+                         ensemble: str, allow_cpu: bool = False) -> None:
+    """`from = "images"` runs the whole backbone on every training image in every epoch:
+    on a CPU it is refused with an estimate of its time from the forward pass's measured
+    speed, unless `allow_cpu` (then the estimate is logged). A GPU passes.
 
     Raises:
-        HarnessError: always, saying which of the two and what to do instead.
+        HarnessError: on a CPU without allow_cpu, with the estimate and the alternatives.
     """
     import tensorflow as tf
 
-    base = get_backbone(backbones[0]).maps_of or backbones[0]
     if tf.config.list_physical_devices("GPU"):
-        raise HarnessError(f"ensemble {ensemble!r}: from = \"images\" (end-to-end training "
-                           "on a GPU) is not built yet; use from = \"maps\" (the default)")
+        return
+    base = get_backbone(backbones[0]).maps_of or backbones[0]
     rows = len(read_ids(feature_path(features_dir, backbones[0]), "train"))
     rates = [float(read_attrs(feature_path(features_dir, name)).get("seconds_per_image", 0))
              for name in (base, backbones[0])]
@@ -372,13 +396,35 @@ def refuse_images_on_cpu(features_dir, backbones: tuple[str, ...], epochs: int, 
     if per_image:
         hours = per_image * TRAIN_FORWARDS * rows * max(1, epochs) / 3600
         estimate = (f"at this CPU's measured {1 / per_image:.1f} images/s forward, "
-                    f"{max(1, epochs)} epochs over {rows} images would take about "
+                    f"{max(1, epochs)} epochs over {rows} images would take up to "
                     f"{hours:.1f} h per fold")
     else:
         estimate = "its forward speed on this CPU is not recorded (re-extract to measure it)"
-    raise HarnessError(f"ensemble {ensemble!r}: from = \"images\" trains all of {base} and "
-                       f"needs a GPU; {estimate}; from = \"maps\" trains only the layers "
-                       "above the cut, from the cached maps")
+    if allow_cpu:
+        logger.warning("ensemble %s: from = \"images\" on a CPU (allow_cpu): %s",
+                       ensemble, estimate)
+        return
+    raise HarnessError(f"ensemble {ensemble!r}: from = \"images\" runs all of {base} on "
+                       f"every image in every epoch and needs a GPU; {estimate}; from = "
+                       "\"maps\" trains the layers above the cut from the cached maps (or "
+                       "set allow_cpu = true to run it here anyway)")
+
+
+def check_images_use(tta: str, params: dict, *, ensemble: str) -> None:
+    """`augment` and `allow_cpu` belong to from = "images", which reads the maps file made
+    without TTA (its ids and weights) and augments images itself.
+
+    Raises:
+        HarnessError: naming the ensemble and the fix.
+    """
+    images = params.get("from", "maps") == "images"
+    stray = sorted(key for key in ("augment", "allow_cpu") if key in params)
+    if stray and not images:
+        raise HarnessError(f"ensemble {ensemble!r}: {stray} are for from = \"images\"; "
+                           "remove them (maps are augmented by tta = \"flip\")")
+    if images and tta != "none":
+        raise HarnessError(f"ensemble {ensemble!r}: from = \"images\" augments the images "
+                           f"itself (augment = ...); set tta = \"none\", not {tta!r}")
 
 
 def maps_source(features_dir, backbones: tuple[str, ...], tta: str, *, ensemble: str,

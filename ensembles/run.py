@@ -33,6 +33,7 @@ from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.decide import decide
 from ensembles.finetune import check_maps_use, maps_source, refuse_images_on_cpu
+from ensembles.finetune_images import image_matrix, images_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.registry import check_target, head_params, linear_head, make_head
 from ensembles.report import report_table, write_report
@@ -195,18 +196,28 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
     features_dir = config.workspace.features_dir
     head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS,
                      target=config.spec.target)
+    from_images = ens.head == "finetune" and ens.params.get("from", "maps") == "images"
     if ens.head == "finetune":  # before any maps are read: they can be gigabytes
-        if ens.params.get("from", "maps") == "images":
-            refuse_images_on_cpu(features_dir, ens.backbones, head.epochs, ensemble=ens.name)
+        if from_images:
+            refuse_images_on_cpu(features_dir, ens.backbones, head.epochs, ensemble=ens.name,
+                                 allow_cpu=bool(ens.params.get("allow_cpu", False)))
+            head = images_head(head, ens.params.get("augment", "flip"))
         head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name,
                                       current=_current_weights(config, ens.backbones[0])))
-    train = load_matrix(features_dir, ens.backbones, ens.tta, "train", ensemble=ens.name)
+
+    def load_split(split: str) -> FeatureMatrix:
+        if from_images:  # the images' paths in the maps file's order, not the maps
+            return image_matrix(config.spec, config.data_dir, features_dir, ens.backbones[0],
+                                split, ensemble=ens.name)
+        return load_matrix(features_dir, ens.backbones, ens.tta, split, ensemble=ens.name)
+
+    train = load_split("train")
     train = _without_excluded(train, config.cv.exclude_ids, ens.name)
     _check_classes(train, config.spec.target, ens.name)
     k = _outputs(config, train.classes)
     folds = _folds(config, train, ens.name)
     fold_mean = config.cv.test_predictions == "fold-mean"
-    test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name) \
+    test = load_split("test") \
         if fold_mean else None
     out = cv.cross_validate(head, train.X, train.labels, folds, k, name=ens.name,
                             test_X=test.X if fold_mean else None, progress=progress)
@@ -219,7 +230,7 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
             model.set_params(copy=False)
         model.fit(train.X, train.labels)
         train.X = None  # free the training matrix before the test one is read
-        test = load_matrix(features_dir, ens.backbones, ens.tta, "test", ensemble=ens.name)
+        test = load_split("test")
         test_proba = cv.predict_rows(model, test.X, np.arange(len(test.X)))
     oof, test_proba, calibrated = calibrate(options.calibrate, out.oof, test_proba,
                                             train.labels, folds)

@@ -15,6 +15,7 @@ from typing import Any
 from base.config import Param, check_params, non_negative_number, one_of
 from ensembles.calibrate import CALIBRATIONS
 from ensembles.cv import DEFAULT_CLIP_PRIOR
+from ensembles.finetune_images import AUGMENTATIONS
 
 CLIP_FORMS = "\"auto\", \"none\" or [low, high] with 0 <= low < high <= 1"
 # Out-of-fold temperature scaling for every ensemble unless its table says otherwise.
@@ -40,9 +41,14 @@ ENSEMBLE_RUN_PARAMS: dict[str, Param] = {
     "calibrate": one_of(CALIBRATIONS),
     # Resolved (and an unknown name refused) by ensembles.presets before anything runs.
     "preset": Param(lambda v: isinstance(v, str), "a preset name"),
-    # The finetune head's input: cached maps, or images end to end (GPU only).
+    # The finetune head's input: cached maps, or images end to end (ensembles.
+    # finetune_images: refused on a CPU unless allow_cpu), and that path's augmentation.
     "from": one_of(("maps", "images")),
+    "augment": one_of(tuple(AUGMENTATIONS)),
+    "allow_cpu": Param(lambda v: isinstance(v, bool), "true or false"),
 }
+# Only with from = "images".
+IMAGES_RUN_PARAMS = ("augment", "allow_cpu")
 BLEND_RUN_PARAMS: dict[str, Param] = {key: ENSEMBLE_RUN_PARAMS[key]
                                       for key in ("clip", "clip_prior")}
 

@@ -86,8 +86,9 @@ def read_attrs(path: Path) -> dict:
         return {}
 
 
-def load_split(path: Path, split: str) -> FeatureSplit:
-    """Read `split` ("train" or "test") of a complete feature file.
+def load_split(path: Path, split: str, *, features: bool = True) -> FeatureSplit:
+    """Read `split` ("train" or "test") of a complete feature file; with features=False
+    only its ids, labels and failed images (features (n, 0): a maps file is gigabytes).
 
     Raises:
         HarnessError: the file is missing, incomplete, or lacks the split.
@@ -102,9 +103,9 @@ def load_split(path: Path, split: str) -> FeatureSplit:
             raise HarnessError(f"{path} has no /{split} group; rerun `harness features --force`")
         group = f[split]
         ids = _strings(group["ids"])
-        features = group["features"][()]
-        if features.dtype != np.float16:  # maps stay float16 in memory too: half the RAM
-            features = features.astype(np.float32, copy=False)
+        values = group["features"][()] if features else np.zeros((len(ids), 0), np.float32)
+        if values.dtype != np.float16:  # maps stay float16 in memory too: half the RAM
+            values = values.astype(np.float32, copy=False)
         labels = _labels(group["labels"]) if "labels" in group else None
         failed = np.zeros(len(ids), dtype=bool)
         if "failed" in group and len(group["failed"]):
@@ -112,7 +113,7 @@ def load_split(path: Path, split: str) -> FeatureSplit:
             failed = np.fromiter((i in failed_ids for i in ids), dtype=bool, count=len(ids))
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     classes = tuple(json.loads(attrs.get("classes", "[]")))
-    return FeatureSplit(ids, features, labels, failed, classes, attrs)
+    return FeatureSplit(ids, values, labels, failed, classes, attrs)
 
 
 class FeatureFileWriter:

@@ -305,9 +305,78 @@ def test_finetune_from_images_on_a_cpu_is_refused_with_an_estimate(tmp_path, mon
     with pytest.raises(HarnessError) as caught:
         fit_ensembles(config, progress=False)
     message = str(caught.value)
-    assert "from = \"images\" trains all of mobilenet_025 and needs a GPU" in message
-    assert f"at this CPU's measured {rate:.1f} images/s forward, 1 epochs over 16 images" \
-        in message
+    assert ("from = \"images\" runs all of mobilenet_025 on every image in every epoch and "
+            "needs a GPU") in message
+    assert f"at this CPU's measured {rate:.1f} images/s forward, 1 epochs over 16 images " \
+           "would take up to" in message
+    assert "set allow_cpu = true to run it here anyway" in message
+
+
+def _image_paths(root, split="train"):
+    from competition.images import list_test_images, list_train_images
+    from competition.spec import get_spec
+
+    ids = load_split(feature_path(root / "features", "mobilenet_025_maps"), split).ids
+    images = (list_train_images if split == "train" else list_test_images)(
+        get_spec("demo"), root / "data")
+    where = dict(zip(images.ids, images.paths))
+    return np.array([[str(where[key])] for key in ids], dtype=object)
+
+
+def test_finetune_from_images_sees_what_the_features_saw_and_trains_only_the_top(maps_data):
+    from ensembles.finetune_images import FinetuneImagesHead
+
+    root, weights = maps_data
+    _, y, _ = _train(maps_data)
+    X = _image_paths(root)
+    head = FinetuneImagesHead(backbone="mobilenet_025_maps", weights=weights.keras_arg,
+                              head_epochs=5, epochs=2, batch_size=8, validation_split=0.25,
+                              augment="flip-zoom")
+    spec = get_backbone("mobilenet_025_maps")
+    # Unaugmented, the network gives each image the features `harness features` cached.
+    network = head._network(spec)
+    gap = load_split(feature_path(root / "features", "mobilenet_025"), "train").features
+    scale = float(np.abs(gap).max())
+    np.testing.assert_allclose(head._frozen_gap(network, X[:, 0], 1, np.arange(16), spec),
+                               gap, atol=2e-3 * scale)
+    head.fit(X, y)
+    proba = head.predict_proba(X)
+    assert proba.shape == (16, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert head.best_loss_ <= head.phase1_loss_ == head.history_["val_loss"][0]
+    # Below the cut nothing moved; BatchNormalization is ImageNet's everywhere.
+    base = get_backbone("mobilenet_025")
+    original = base.build(weights.keras_arg)
+    trained = head.model_.get_layer("mobilenet_025_from_images").layers[-1]
+    for name in ("conv1", "conv_pw_11", "conv_pw_13_bn"):
+        for a, b in zip(trained.get_layer(name).get_weights(),
+                        original.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    moved = not np.allclose(trained.get_layer("conv_pw_13").get_weights()[0],
+                            original.get_layer("conv_pw_13").get_weights()[0])
+    assert moved == (head.best_loss_ < head.phase1_loss_)
+    with pytest.raises(ValueError, match="X must hold one image path per row"):
+        head.predict_proba(X[:, 0])
+
+
+def test_finetune_from_images_runs_on_a_cpu_when_allowed(tmp_path, monkeypatch, caplog):
+    from harness.pipeline import extract, fit_ensembles
+
+    monkeypatch.chdir(tmp_path)
+    weights = genuine_mobilenet(tmp_path)
+    config = _config(tmp_path, {
+        "mob-ft": FINETUNE,
+        "mob-images": FINETUNE + '\nfrom = "images"\nallow_cpu = true\naugment = "flip"'},
+        weights.keras_arg)
+    extract(config, progress=False)
+    with caplog.at_level("WARNING", logger="ensembles.finetune"):
+        results = {r.name: r for r in fit_ensembles(config, progress=False)}
+    assert "mob-images: from = \"images\" on a CPU (allow_cpu)" in caplog.text
+    images, maps = results["mob-images"], results["mob-ft"]
+    assert list(images.oof_ids) == list(maps.oof_ids) and np.isfinite(images.cv_score)
+    assert images.oof_proba.shape == (16, 2) and list(images.test_ids) == list(maps.test_ids)
+    assert not np.allclose(images.oof_proba, maps.oof_proba)
+    assert images.params["from"] == "images" and images.params["augment"] == "flip"
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -318,7 +387,11 @@ def test_finetune_from_images_on_a_cpu_is_refused_with_an_estimate(tmp_path, mon
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\ntta = "crops"',
      "the finetune head's maps are cached with tta \"none\" or \"flip\" .* not 'crops'"),
     ('backbones = ["mobilenet_025"]\nhead = "logreg"\nfrom = "images"',
-     "`from` chooses the finetune head's input; remove it for head 'logreg'"),
+     "\\['from'\\] choose the finetune head's input; remove them for head 'logreg'"),
+    ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\naugment = "flip"',
+     "\\['augment'\\] are for from = \"images\"; remove them"),
+    ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nfrom = "images"\ntta = "flip"',
+     "from = \"images\" augments the images itself"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nweights = "other.h5"',
      "\\['weights'\\] of the finetune head come from the maps' feature file"),
 ])
