@@ -375,7 +375,7 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
 TRAIN_FORWARDS = 3
 
 
-def refuse_images_on_cpu(features_dir, backbones: tuple[str, ...], epochs: int, *,
+def check_images_device(features_dir, backbones: tuple[str, ...], epochs: int, *,
                          ensemble: str, allow_cpu: bool = False) -> None:
     """`from = "images"` runs the whole backbone on every training image in every epoch:
     on a CPU it is refused with an estimate of its time from the forward pass's measured

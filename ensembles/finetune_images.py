@@ -7,7 +7,7 @@ fine-tuning guide and the seed recipe: InceptionV3's layers[:249]), the layers a
 the head are trained, BatchNormalization frozen and in inference mode. Fresh augmentations
 each epoch are what cached maps cannot give (their `flip` is two fixed views); the price is
 a forward pass of the frozen part per image per epoch, which is why a CPU refuses it
-(`refuse_images_on_cpu`) unless `allow_cpu = true`.
+(`check_images_device`) unless `allow_cpu = true`.
 
 X is an (n, 1) object array of image paths (`image_matrix` builds it from the maps' feature
 file, which says which images decoded and with which weights); images are decoded and

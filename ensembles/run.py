@@ -32,7 +32,7 @@ from ensembles.blend import blend, check_blend_params
 from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.decide import decide
-from ensembles.finetune import check_maps_use, maps_source, refuse_images_on_cpu
+from ensembles.finetune import check_images_device, check_maps_use, maps_source
 from ensembles.finetune_images import image_matrix, images_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.registry import check_target, head_params, linear_head, make_head
@@ -199,7 +199,7 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
     from_images = ens.head == "finetune" and ens.params.get("from", "maps") == "images"
     if ens.head == "finetune":  # before any maps are read: they can be gigabytes
         if from_images:
-            refuse_images_on_cpu(features_dir, ens.backbones, head.epochs, ensemble=ens.name,
+            check_images_device(features_dir, ens.backbones, head.epochs, ensemble=ens.name,
                                  allow_cpu=bool(ens.params.get("allow_cpu", False)))
             head = images_head(head, ens.params.get("augment", "flip"))
         head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name,
