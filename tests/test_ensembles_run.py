@@ -253,7 +253,7 @@ BAD = [
     ("[blends.p]\nmembers=['q']\n[blends.q]\nmembers=['p']\n", ["mobilenet_025"],
      r"blends form a cycle: (p -> q -> p|q -> p -> q)"),
     ("[ensembles.x]\nbackbones=['mobilenet_025']\nhead='logreg'\nC_grid=[1]\n", ["mobilenet_025"],
-     r"ensemble 'x': unknown parameter 'C_grid' for head 'logreg'; known: C, C_rule, calibrate, clip"),
+     r"ensemble 'x': unknown parameter 'C_grid' for head 'logreg'; known: C, C_rule, allow_cpu, augment, calibrate, clip"),
     ("[ensembles.x]\nbackbones=['mobilenet_025']\nhead='logreg'\npreset='seed999'\n", ["mobilenet_025"],
      r"ensemble 'x': unknown preset 'seed999'; known: seed004"),
     ("[ensembles.x]\nbackbones=['mobilenet_025']\nhead='logreg'\nclip=[0.9, 0.1]\n", ["mobilenet_025"],
