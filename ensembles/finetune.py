@@ -158,7 +158,10 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
     def _frozen_gap(self, network, data: np.ndarray, views: int, rows: np.ndarray,
                     spec) -> np.ndarray:
         """The network's GAP output for images `rows` before training, the mean over their
-        views: phase 1's features, (len(rows), width)."""
+        views: phase 1's features, (len(rows), width). One row per image keeps phase 1's
+        inner split over images; the head then predicts each view and averages the outputs,
+        which for a linear head on features this close is nearly the same (phase 2's
+        starting loss, counted as an epoch to beat, is measured that way)."""
         maps = view_rows(rows, views)
         out = [np.asarray(network(data[maps[i:i + PREDICT_ROWS]].astype(np.float32)
                                   .reshape(-1, *spec.map_shape), training=False))
@@ -346,8 +349,8 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
     if head != "finetune":
         own = sorted({"from", "augment", "allow_cpu"} & set(params or {}))
         if own:
-            raise HarnessError(f"ensemble {ensemble!r}: {own} choose the finetune head's "
-                               f"input; remove them for head {head!r}")
+            raise HarnessError(f"ensemble {ensemble!r}: {own} are the finetune head's (its "
+                               f"input); remove them for head {head!r}")
         if maps:
             raise HarnessError(f"ensemble {ensemble!r}: {maps} hold maps for the finetune "
                                f"head, not features for {head!r}; use their backbones "

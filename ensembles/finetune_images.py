@@ -11,8 +11,13 @@ a forward pass of the frozen part per image per epoch, which is why a CPU refuse
 
 X is an (n, 1) object array of image paths (`image_matrix` builds it from the maps' feature
 file, which says which images decoded and with which weights); images are decoded and
-resized as `harness features` does (features.batch), so an unaugmented image gives the
-network what the cached maps came from.
+resized by `harness features`' own functions (features.batch), so an unaugmented image gives
+the network what the cached maps came from, up to JPEG draft decoding (a large photo decoded
+for a run that also had a larger-input backbone is scaled down from a different draft).
+
+BatchNormalization runs in inference mode because it is frozen (`trainable = False`: Keras 3
+then always uses its moving statistics), not because of the `training=False` in the graph,
+which an outer `fit` overrides; none of the registered backbones has Dropout below its cut.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from features.batch import image_pixels, resize_views
 from features.store import feature_path, load_split
 
 # Random augmentation of the training images in phase 2 (Keras preprocessing layers,
-# active only while training). Predictions with "flip" in the name average each image and
-# its mirror image.
+# active only while training). With "flip" in the name, predictions (and phase 1's features)
+# average each image and its mirror image.
 AUGMENTATIONS = {
     "none": "no augmentation",
     "flip": "random horizontal flips",
     "flip-zoom": "random horizontal flips, zoom and shifts of up to 10%",
 }
+DEFAULT_AUGMENT = "flip"
 IMAGES_PARAMS: dict[str, Param] = {**FINETUNE_PARAMS, "augment": one_of(tuple(AUGMENTATIONS))}
 
 
@@ -57,7 +63,7 @@ class FinetuneImagesHead(FinetuneHead):
     def __init__(self, backbone: str = "", weights: str | None = None, dropout: float = 0.5,
                  head_epochs: int = 30, epochs: int = 6, learning_rate: float = 1e-4,
                  momentum: float = 0.9, batch_size: int = 32, validation_split: float = 0.1,
-                 early_stopping: int = 2, seed: int = 0, augment: str = "flip"):
+                 early_stopping: int = 2, seed: int = 0, augment: str = DEFAULT_AUGMENT):
         super().__init__(backbone=backbone, weights=weights, dropout=dropout,
                          head_epochs=head_epochs, epochs=epochs, learning_rate=learning_rate,
                          momentum=momentum, batch_size=batch_size,
@@ -168,7 +174,8 @@ class FinetuneImagesRegressor(FinetuneImagesHead, FinetuneRegressor):
 def images_head(head: FinetuneHead, augment: str) -> FinetuneImagesHead:
     """The from-images head with `head`'s parameters (its class's target kind kept)."""
     kind = FinetuneImagesRegressor if isinstance(head, FinetuneRegressor) else FinetuneImagesHead
-    return kind(**clone(head).get_params(), augment=augment)
+    params = {**clone(head).get_params(), "augment": augment}
+    return kind(**params)
 
 
 def image_matrix(spec, data_dir: Path, features_dir: Path, backbone: str, split: str, *,
@@ -182,6 +189,9 @@ def image_matrix(spec, data_dir: Path, features_dir: Path, backbone: str, split:
     """
     path = feature_path(features_dir, backbone)
     stored = load_split(path, split, features=False)
+    if len(set(stored.ids)) != len(stored.ids):
+        raise HarnessError(f"{path}: /{split}/ids has duplicates; rerun "
+                           "`harness features --force`")
     images = (list_train_images if split == "train" else list_test_images)(spec, data_dir)
     where = dict(zip(images.ids, images.paths))
     missing = [key for key in stored.ids if key not in where]

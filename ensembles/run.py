@@ -33,7 +33,7 @@ from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.decide import decide
 from ensembles.finetune import check_images_device, check_maps_use, maps_source
-from ensembles.finetune_images import image_matrix, images_head
+from ensembles.finetune_images import DEFAULT_AUGMENT, image_matrix, images_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.registry import check_target, head_params, linear_head, make_head
 from ensembles.report import report_table, write_report
@@ -51,7 +51,7 @@ from features.weights import WeightsChoice, resolve_weights
 logger = logging.getLogger(__name__)
 
 # Bump when a change in this stage changes predictions, so old results are not reused.
-ALGORITHM_VERSION = 3
+ALGORITHM_VERSION = 4
 
 
 def _ensemble_options(config: EnsemblesRun, ens: EnsembleConfig) -> RunOptions:
@@ -201,7 +201,7 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
         if from_images:
             check_images_device(features_dir, ens.backbones, head.epochs, ensemble=ens.name,
                                  allow_cpu=bool(ens.params.get("allow_cpu", False)))
-            head = images_head(head, ens.params.get("augment", "flip"))
+            head = images_head(head, ens.params.get("augment", DEFAULT_AUGMENT))
         head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name,
                                       current=_current_weights(config, ens.backbones[0])))
 
@@ -475,6 +475,11 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
     for name in run_e:
         ens = ensembles[name]
         own = head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
+        if ens.head == "finetune":  # its input is a run parameter, not the head's (allow_cpu
+            # only says where it may run)
+            own = {**own, "from": ens.params.get("from", "maps")}
+            if own["from"] == "images":
+                own["augment"] = ens.params.get("augment", DEFAULT_AUGMENT)
         options[name] = _ensemble_options(config, ens)
         identity = feature_identity(config.workspace.features_dir, ens.backbones, ens.tta,
                                     ensemble=name)

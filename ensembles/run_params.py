@@ -47,8 +47,6 @@ ENSEMBLE_RUN_PARAMS: dict[str, Param] = {
     "augment": one_of(tuple(AUGMENTATIONS)),
     "allow_cpu": Param(lambda v: isinstance(v, bool), "true or false"),
 }
-# Only with from = "images".
-IMAGES_RUN_PARAMS = ("augment", "allow_cpu")
 BLEND_RUN_PARAMS: dict[str, Param] = {key: ENSEMBLE_RUN_PARAMS[key]
                                       for key in ("clip", "clip_prior")}
 

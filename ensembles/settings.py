@@ -103,7 +103,9 @@ def parse_ensembles(tables: dict, default_tta: str, source: Path | None
             backbones=() if backbones is None
             else name_list(backbones, f"{section} backbones", source),
             head="" if head is None else choice(head, HEADS, f"{section} head", source),
-            tta=choice(raw.pop("tta", default_tta), TTA_MODES, f"{section} tta", source),
+            # Maps are cached without TTA unless the table asks (flip doubles disk and time).
+            tta=choice(raw.pop("tta", "none" if head == "finetune" else default_tta),
+                       TTA_MODES, f"{section} tta", source),
             params=raw,
         )
     return ensembles

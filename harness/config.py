@@ -56,7 +56,8 @@ class Config:
 
     def feature_sets(self) -> list[tuple[str, str]]:
         """Every (backbone, tta) pair that extraction must produce, in a stable order."""
-        # A `_maps` entry's maps are cached without TTA (the finetune head trains on them).
+        # A `_maps` entry's maps are cached without TTA (the finetune head's default; an
+        # ensemble's tta = "flip" adds the mirror images' file below).
         pairs = [(b, "none" if get_backbone(b).maps_of else self.features.tta)
                  for b in self.features.backbones]
         for ensemble in configured_ensembles(self).values():  # presets resolved, tta too

@@ -94,21 +94,25 @@ def test_cached_maps_through_the_top_give_the_gap_features(maps_data):
         np.testing.assert_allclose(through, gap.features, atol=5e-3 * scale)
 
 
-def test_maps_shard_and_merge_like_gap_features(maps_data, tmp_path):
+def test_maps_shard_and_merge_like_gap_features(maps_data, flipped_maps, tmp_path):
     root, weights = maps_data
     data = root / "data"
-    for i in (1, 2):
-        extract(data, tmp_path, weights, shard=(i, 2))
-    merged = merge_shards(tmp_path, "mobilenet_025_maps", "none", 2)
-    with h5py.File(merged, "r") as handle:
-        assert handle["test/features"].dtype == np.float16
-    for split in ("train", "test"):
-        whole = load_split(feature_path(root / "features", "mobilenet_025_maps"), split)
-        parts = load_split(merged, split)
-        assert list(whole.ids) == list(parts.ids)
-        np.testing.assert_allclose(parts.features.astype(np.float32),
-                                   whole.features.astype(np.float32), rtol=2e-3, atol=1e-3)
     train, test = image_lists(data)
+    wanted = [*GAP_AND_MAPS, ("mobilenet_025_maps", "flip")]
+    for i in (1, 2):
+        extract_features(train, test, wanted, {b: weights for b, _ in wanted}, tmp_path,
+                         batch_size=4, progress=False, engine="tensorflow", shard=(i, 2))
+    for tta, folder in (("none", root / "features"), ("flip", flipped_maps)):
+        merged = merge_shards(tmp_path, "mobilenet_025_maps", tta, 2)
+        with h5py.File(merged, "r") as handle:
+            assert handle["test/features"].dtype == np.float16
+        for split in ("train", "test"):
+            whole = load_split(feature_path(folder, "mobilenet_025_maps", tta), split)
+            parts = load_split(merged, split)
+            assert list(whole.ids) == list(parts.ids)
+            assert parts.features.shape == whole.features.shape
+            np.testing.assert_allclose(parts.features.astype(np.float32),
+                                       whole.features.astype(np.float32), rtol=2e-3, atol=1e-3)
     with pytest.raises(HarnessError, match="mobilenet_025_maps: maps are cached with tta "
                                            "'none' or 'flip' .* not 'crops'"):
         extract_features(train, test, [("mobilenet_025_maps", "crops")],
@@ -355,13 +359,24 @@ def test_finetune_from_images_sees_what_the_features_saw_and_trains_only_the_top
     moved = not np.allclose(trained.get_layer("conv_pw_13").get_weights()[0],
                             original.get_layer("conv_pw_13").get_weights()[0])
     assert moved == (head.best_loss_ < head.phase1_loss_)
+    # What is trained, whatever phase 2 achieved: exactly the layers above the cut with
+    # weights, BatchNormalization excepted.
+    above = {layer.name for layer in base.top(original).layers}
+    assert {layer.name for layer in trained.layers if layer.trainable_weights} == {
+        layer.name for layer in original.layers if layer.name in above and layer.weights
+        and "BatchNormalization" not in type(layer).__name__} != set()
     with pytest.raises(ValueError, match="X must hold one image path per row"):
         head.predict_proba(X[:, 0])
 
 
 def test_finetune_from_images_runs_on_a_cpu_when_allowed(tmp_path, monkeypatch, caplog):
+    import tensorflow as tf
+
+    from harness.config import load_config
     from harness.pipeline import extract, fit_ensembles
 
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: allow_cpu is for CPUs")
     monkeypatch.chdir(tmp_path)
     weights = genuine_mobilenet(tmp_path)
     config = _config(tmp_path, {
@@ -377,6 +392,12 @@ def test_finetune_from_images_runs_on_a_cpu_when_allowed(tmp_path, monkeypatch, 
     assert images.oof_proba.shape == (16, 2) and list(images.test_ids) == list(maps.test_ids)
     assert not np.allclose(images.oof_proba, maps.oof_proba)
     assert images.params["from"] == "images" and images.params["augment"] == "flip"
+    # Another augmentation is another result; the maps ensemble is reused.
+    toml = tmp_path / "harness.toml"
+    toml.write_text(toml.read_text().replace('augment = "flip"', 'augment = "none"'))
+    again = {r.name: r for r in fit_ensembles(load_config(toml), progress=False)}
+    assert again["mob-ft"].reused and not again["mob-images"].reused
+    assert not np.allclose(again["mob-images"].oof_proba, images.oof_proba)
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -387,7 +408,7 @@ def test_finetune_from_images_runs_on_a_cpu_when_allowed(tmp_path, monkeypatch, 
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\ntta = "crops"',
      "the finetune head's maps are cached with tta \"none\" or \"flip\" .* not 'crops'"),
     ('backbones = ["mobilenet_025"]\nhead = "logreg"\nfrom = "images"',
-     "\\['from'\\] choose the finetune head's input; remove them for head 'logreg'"),
+     "\\['from'\\] are the finetune head's \\(its input\\); remove them for head 'logreg'"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\naugment = "flip"',
      "\\['augment'\\] are for from = \"images\"; remove them"),
     ('backbones = ["mobilenet_025_maps"]\nhead = "finetune"\nfrom = "images"\ntta = "flip"',
@@ -416,6 +437,15 @@ def test_maps_in_the_defaults_get_the_finetune_head_and_no_tta(tmp_path):
                for name, e in ensembles.items() if name != "mobilenet_025-finetune")
     assert ("mobilenet_025_maps", "none") in config.feature_sets()
     assert ("mobilenet_025_maps", "flip") not in config.feature_sets()
+    # A finetune table of one's own takes tta none too, unless it says flip.
+    (tmp_path / "harness.toml").write_text(
+        (tmp_path / "harness.toml").read_text()
+        + '[ensembles.mine]\nbackbones = ["mobilenet_025_maps"]\nhead = "finetune"\n'
+        + '[ensembles.flipped]\nbackbones = ["mobilenet_025_maps"]\nhead = "finetune"\n'
+        + 'tta = "flip"\n[ensembles.lin]\nbackbones = ["mobilenet_025"]\nhead = "logreg"\n')
+    ensembles = configured_ensembles(load_config(tmp_path / "harness.toml"))
+    assert (ensembles["mine"].tta, ensembles["flipped"].tta, ensembles["lin"].tta) == (
+        "none", "flip", "flip")
 
 
 def test_maps_of_random_weights_are_refused_before_any_work(tmp_path):
