@@ -217,8 +217,7 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
     k = _outputs(config, train.classes)
     folds = _folds(config, train, ens.name)
     fold_mean = config.cv.test_predictions == "fold-mean"
-    test = load_split("test") \
-        if fold_mean else None
+    test = load_split("test") if fold_mean else None
     out = cv.cross_validate(head, train.X, train.labels, folds, k, name=ens.name,
                             test_X=test.X if fold_mean else None, progress=progress)
     if fold_mean:
