@@ -73,6 +73,9 @@ FINETUNE_PARAMS: dict[str, Param] = {
 }
 # Set by the ensembles run from the feature file, never in a config.
 INJECTED = ("backbone", "weights")
+# Run parameters (ensembles.run_params) that only a finetune ensemble takes: its input, and
+# from = "images"'s augmentation and permission to run on a CPU.
+INPUT_PARAMS = ("from", "augment", "allow_cpu")
 
 
 class FinetuneHead(ClassifierMixin, BaseEstimator):
@@ -162,13 +165,8 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
         inner split over images; the head then predicts each view and averages the outputs,
         which for a linear head on features this close is nearly the same (phase 2's
         starting loss, counted as an epoch to beat, is measured that way)."""
-        maps = view_rows(rows, views)
-        out = [np.asarray(network(data[maps[i:i + PREDICT_ROWS]].astype(np.float32)
-                                  .reshape(-1, *spec.map_shape), training=False))
-               for i in range(0, len(maps), PREDICT_ROWS)]
-        width = network.output.shape[-1]
-        gap = np.concatenate(out, axis=0) if out else np.zeros((0, width))
-        return gap.reshape(len(rows), views, width).mean(axis=1)
+        gap = _forward(network, data, view_rows(rows, views), spec.map_shape)
+        return gap.reshape(len(rows), views, gap.shape[1]).mean(axis=1)
 
     def _model(self, network, head, spec):
         """One view in, the head's output out: the network then the phase-1 head."""
@@ -188,12 +186,8 @@ class FinetuneHead(ClassifierMixin, BaseEstimator):
 
     def _predict(self, data: np.ndarray, views: int) -> np.ndarray:
         """The fitted model's outputs, averaged over each image's views."""
-        out = [np.asarray(self.model_(data[i:i + PREDICT_ROWS].astype(np.float32),
-                                      training=False), dtype=np.float64)
-               for i in range(0, len(data), PREDICT_ROWS)]
-        width = self.model_.output.shape[-1]
-        out = np.concatenate(out, axis=0) if out else np.zeros((0, width))
-        return out.reshape(-1, views, width).mean(axis=1)
+        out = _forward(self.model_, data, np.arange(len(data)), data.shape[1:])
+        return out.astype(np.float64).reshape(-1, views, out.shape[1]).mean(axis=1)
 
     def fit(self, X: Any, y: Any, rows: Any = None) -> FinetuneHead:
         """Fit on maps `X` (n, views * h * w * c) and labels `y` (aligned to `rows` when
@@ -303,6 +297,16 @@ class FinetuneRegressor(RegressorMixin, FinetuneHead):
         return self.predict(X).reshape(-1, 1)
 
 
+def _forward(model, data: np.ndarray, rows: np.ndarray, shape) -> np.ndarray:
+    """`model`'s float32 outputs for data[rows], each row reshaped to `shape`, in chunks of
+    PREDICT_ROWS (a chunk copies only its own rows)."""
+    out = [np.asarray(model(data[rows[i:i + PREDICT_ROWS]].astype(np.float32)
+                            .reshape(-1, *shape), training=False))
+           for i in range(0, len(rows), PREDICT_ROWS)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, model.output.shape[-1]),
+                                                            np.float32)
+
+
 def view_rows(images: np.ndarray, views: int) -> np.ndarray:
     """The rows of one-map-per-row X (FinetuneHead._check_X) holding these images' views."""
     return (np.asarray(images, np.int64)[:, None] * views + np.arange(views)).ravel()
@@ -347,7 +351,7 @@ def check_maps_use(head: str, backbones: tuple[str, ...], tta: str, *, ensemble:
     """
     maps = [b for b in backbones if get_backbone(b).maps_of]
     if head != "finetune":
-        own = sorted({"from", "augment", "allow_cpu"} & set(params or {}))
+        own = sorted(set(INPUT_PARAMS) & set(params or {}))
         if own:
             raise HarnessError(f"ensemble {ensemble!r}: {own} are the finetune head's (its "
                                f"input); remove them for head {head!r}")
@@ -421,7 +425,7 @@ def check_images_use(tta: str, params: dict, *, ensemble: str) -> None:
         HarnessError: naming the ensemble and the fix.
     """
     images = params.get("from", "maps") == "images"
-    stray = sorted(key for key in ("augment", "allow_cpu") if key in params)
+    stray = sorted(key for key in INPUT_PARAMS if key != "from" and key in params)
     if stray and not images:
         raise HarnessError(f"ensemble {ensemble!r}: {stray} are for from = \"images\"; "
                            "remove them (maps are augmented by tta = \"flip\")")

@@ -143,32 +143,41 @@ class FinetuneImagesHead(FinetuneHead):
         return (dataset.map(load_graph, num_parallel_calls=os.cpu_count() or 1,
                             deterministic=True).batch(batch).prefetch(2))
 
-    def _views_out(self, model, batch: Any, views: int) -> np.ndarray:
-        out = np.asarray(model(batch, training=False), dtype=np.float64)
-        if views == 2:
-            out = (out + np.asarray(model(batch[:, :, ::-1, :], training=False),
-                                    dtype=np.float64)) / 2
-        return out
+    def _forward(self, model, paths: np.ndarray, views: int) -> np.ndarray:
+        """`model`'s float64 outputs for the unaugmented images at `paths`, averaged with
+        their mirror images' when views is 2."""
+        parts = []
+        for (batch,) in self._dataset(paths, None, int(self.batch_size), None):
+            out = np.asarray(model(batch, training=False), dtype=np.float64)
+            if views == 2:
+                out = (out + np.asarray(model(batch[:, :, ::-1, :], training=False),
+                                        dtype=np.float64)) / 2
+            parts.append(out)
+        width = model.output.shape[-1]
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, width))
 
     def _frozen_gap(self, network, data, views, rows, spec) -> np.ndarray:
-        parts = [self._views_out(network, batch[0], views)
-                 for batch in self._dataset(data[rows], None, int(self.batch_size), None)]
-        width = network.output.shape[-1]
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, width))
+        return self._forward(network, data[rows], views)
 
     def _batches(self, data, views, rows, target, training):
         return self._dataset(data[rows], target, int(self.batch_size),
                              int(self.seed) if training else None)
 
     def _predict(self, data, views) -> np.ndarray:
-        parts = [self._views_out(self.model_, batch[0], views)
-                 for batch in self._dataset(data, None, int(self.batch_size), None)]
-        width = self.model_.output.shape[-1]
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, width))
+        return self._forward(self.model_, data, views)
 
 
 class FinetuneImagesRegressor(FinetuneImagesHead, FinetuneRegressor):
     """FinetuneImagesHead with FinetuneRegressor's linear output (values, ordinal grades)."""
+
+
+def finetune_input(params: dict) -> dict[str, str]:
+    """A finetune ensemble's input from its table: {"from": "maps"} or {"from": "images",
+    "augment": ...}, defaults filled (what its result key records; allow_cpu is left out:
+    it says where the same training may run)."""
+    if params.get("from", "maps") != "images":
+        return {"from": "maps"}
+    return {"from": "images", "augment": params.get("augment", DEFAULT_AUGMENT)}
 
 
 def images_head(head: FinetuneHead, augment: str) -> FinetuneImagesHead:

@@ -33,7 +33,7 @@ from ensembles.calibrate import calibrate
 from ensembles.data import FeatureMatrix, digest, feature_identity, load_matrix
 from ensembles.decide import decide
 from ensembles.finetune import check_images_device, check_maps_use, maps_source
-from ensembles.finetune_images import DEFAULT_AUGMENT, image_matrix, images_head
+from ensembles.finetune_images import finetune_input, image_matrix, images_head
 from ensembles.presets import default_ensembles, resolve_preset
 from ensembles.registry import check_target, head_params, linear_head, make_head
 from ensembles.report import report_table, write_report
@@ -196,12 +196,13 @@ def _fit_ensemble(config: EnsemblesRun, ens: EnsembleConfig, options: RunOptions
     features_dir = config.workspace.features_dir
     head = make_head(ens.head, ens.params, ensemble=ens.name, also=ENSEMBLE_RUN_PARAMS,
                      target=config.spec.target)
-    from_images = ens.head == "finetune" and ens.params.get("from", "maps") == "images"
+    source = finetune_input(ens.params) if ens.head == "finetune" else {}
+    from_images = source.get("from") == "images"
     if ens.head == "finetune":  # before any maps are read: they can be gigabytes
         if from_images:
             check_images_device(features_dir, ens.backbones, head.epochs, ensemble=ens.name,
                                  allow_cpu=bool(ens.params.get("allow_cpu", False)))
-            head = images_head(head, ens.params.get("augment", DEFAULT_AUGMENT))
+            head = images_head(head, source["augment"])
         head.set_params(**maps_source(features_dir, ens.backbones, ens.tta, ensemble=ens.name,
                                       current=_current_weights(config, ens.backbones[0])))
 
@@ -474,11 +475,8 @@ def run_ensembles(config: EnsemblesRun, *, names: Sequence[str] | None = None, f
     for name in run_e:
         ens = ensembles[name]
         own = head_params(ens.head, ens.params, ensemble=name, also=ENSEMBLE_RUN_PARAMS)
-        if ens.head == "finetune":  # its input is a run parameter, not the head's (allow_cpu
-            # only says where it may run)
-            own = {**own, "from": ens.params.get("from", "maps")}
-            if own["from"] == "images":
-                own["augment"] = ens.params.get("augment", DEFAULT_AUGMENT)
+        if ens.head == "finetune":  # its input is a run parameter, not the head's
+            own = {**own, **finetune_input(ens.params)}
         options[name] = _ensemble_options(config, ens)
         identity = feature_identity(config.workspace.features_dir, ens.backbones, ens.tta,
                                     ensemble=name)
