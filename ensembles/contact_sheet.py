@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from base.atomic import atomic_path
+from base.figures import save_png
 from competition.metrics import row_log_loss
 from ensembles.results import EnsembleResult
 
@@ -36,9 +36,7 @@ def write_contact_sheet(result: EnsembleResult, image_paths: dict[str, Path], pa
         `path`, or None when no photo of those rows can be found (features made from
         images that are no longer on disk).
     """
-    # A Figure of its own, not pyplot: no global backend switched (a notebook's inline
-    # plots keep working) and nothing left open; it renders with the Agg canvas.
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: base.figures
     from PIL import Image
 
     rows = [r for r in costliest_rows(result, count) if str(result.oof_ids[r]) in image_paths]
@@ -68,7 +66,4 @@ def write_contact_sheet(result: EnsembleResult, image_paths: dict[str, Path], pa
                      fontsize=7)
     fig.suptitle(f"{result.name}: the {len(rows)} costliest training photos out of fold "
                  f"(mean log loss {result.cv_log_loss:.4f})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    return path
+    return save_png(fig, path, dpi=80)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from base.atomic import atomic_path
+from base.figures import save_png
 from ensembles.contact_sheet import write_contact_sheet
 from ensembles.results import EnsembleResult
 from ensembles.select import rank, uncertainties
@@ -77,9 +78,7 @@ def plot_history(result: EnsembleResult, path: Path) -> Path | None:
     histories = [h for h in result.histories if h]
     if not histories:
         return None
-    # A Figure of its own, not pyplot: no global backend switched (a notebook's inline
-    # plots keep working) and nothing left open; it renders with the Agg canvas.
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: base.figures
 
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
@@ -98,10 +97,7 @@ def plot_history(result: EnsembleResult, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result.name}: training (solid) and validation (dashed) per fold")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    return path
+    return save_png(fig, path, dpi=80)
 
 
 def has_class_probabilities(result: EnsembleResult) -> bool:
@@ -115,9 +111,7 @@ def has_class_probabilities(result: EnsembleResult) -> bool:
 def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path:
     """Out-of-fold reliability diagram: predicted probability vs observed frequency
     (binary: the positive class; multiclass: the top class's confidence vs correctness)."""
-    # A Figure of its own, not pyplot: no global backend switched (a notebook's inline
-    # plots keep working) and nothing left open; it renders with the Agg canvas.
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # not pyplot: base.figures
 
     proba, labels = result.oof_proba, result.oof_labels
     if proba.shape[1] == 2:
@@ -144,10 +138,7 @@ def plot_reliability(result: EnsembleResult, path: Path, bins: int = 10) -> Path
     ax.set_ylabel("observed frequency")
     ax.set_title(f"{result.name}: reliability (CV log loss {result.cv_log_loss:.4f})")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    return path
+    return save_png(fig, path, dpi=80)
 
 
 def write_report(results: Sequence[EnsembleResult], ensembles_dir: Path,

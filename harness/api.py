@@ -137,8 +137,7 @@ def run(competition: str | None = None, *, config: str | Path | None = None,
 def copy_submission(source: Path, target: Path) -> Path:
     """`source` copied to `target` atomically (a half-written submission.csv is never
     there to be scored); returns `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:  # it makes the folder too
         shutil.copyfile(source, tmp)
     return target
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from base.atomic import atomic_path
 from base.errors import HarnessError
+from base.figures import save_png
 from base.kaggle_client import DEFAULT_RETRY, RetryPolicy, kaggle_session, local_only_error
 from competition.spec import CompetitionSpec
 from submissions.ledger import Ledger, LedgerRow
@@ -185,7 +185,7 @@ def _unranked(table: pd.DataFrame) -> str | None:
 
 
 def _plot(spec: CompetitionSpec, table: pd.DataFrame, path: Path) -> Path | None:
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas
+    from matplotlib.figure import Figure  # not pyplot: base.figures
 
     both = table.dropna(subset=["cv_score", "public_score"])
     if both.empty:
@@ -208,10 +208,7 @@ def _plot(spec: CompetitionSpec, table: pd.DataFrame, path: Path) -> Path | None
     axes.set_ylabel(f"public leaderboard {spec.metric}")
     axes.set_title(f"{spec.slug}: CV vs public score")
     axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return path
+    return save_png(figure, path)
 
 
 def refresh_leaderboard(
